@@ -1,0 +1,124 @@
+# taskhive — plain GNU Makefile.
+#
+#   make            library (static + shared) and programs
+#   make check      unit tests, plain and under ASan+UBSan, then the summary
+#   make tsan       the threaded tests under ThreadSanitizer
+#   make bench      benchmarks; prints "<name> <value> <unit>" lines
+#   make run        the main job (installs what is missing first)
+#   make install    PREFIX=/usr/local DESTDIR=
+#   make lint       bans unsafe libc calls; clang-format check when present
+
+PREFIX  ?= /usr/local
+DESTDIR ?=
+BUILD   ?= build
+SAN     ?=
+
+CC      ?= cc
+PKGS    := sqlite3 jansson
+DEPCFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+DEPLIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lsqlite3 -ljansson)
+
+WARN    := -Wall -Wextra -Werror -Wformat=2 -Wshadow -Wstrict-prototypes \
+           -Wmissing-prototypes -Wno-unused-parameter
+OPT     ?= -O2 -g
+# User CFLAGS/LDFLAGS are appended, never replace what the build needs.
+override CFLAGS := $(OPT) -std=c11 -D_GNU_SOURCE $(WARN) -fPIC -fvisibility=hidden \
+           -Iinclude -Isrc $(DEPCFLAGS) -MMD -MP $(CFLAGS)
+LDLIBS  := $(DEPLIBS) -lpthread -lm
+
+ifeq ($(SAN),asan)
+override CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+LDFLAGS += -fsanitize=address,undefined
+endif
+ifeq ($(SAN),tsan)
+override CFLAGS  += -fsanitize=thread -fno-omit-frame-pointer
+LDFLAGS += -fsanitize=thread
+endif
+
+LIB_SRC   := $(sort $(wildcard src/*/*.c))
+LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
+TEST_SRC  := $(sort $(wildcard tests/unit/*_test.c))
+TEST_BIN  := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+TEST_HELP := $(sort $(wildcard tests/lib/*.c))
+TEST_HOBJ := $(TEST_HELP:%.c=$(BUILD)/obj/%.o)
+BENCH_SRC := $(sort $(wildcard bench/*.c))
+BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
+EX_SRC    := $(sort $(wildcard examples/*.c))
+EX_BIN    := $(EX_SRC:examples/%.c=$(BUILD)/examples/%)
+
+STATIC := $(BUILD)/libtaskhive.a
+SHARED := $(BUILD)/libtaskhive.so.0
+
+.PHONY: all check test tsan bench run install clean lint deps format
+all: $(STATIC) $(SHARED) $(EX_BIN)
+
+deps:
+	@sh scripts/install-deps.sh
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(STATIC): $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(SHARED): $(LIB_OBJ)
+	$(CC) -shared -Wl,-soname,libtaskhive.so.0 $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/tests/%: tests/unit/%.c $(TEST_HOBJ) $(STATIC)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests/lib $(LDFLAGS) -o $@ $< $(TEST_HOBJ) $(STATIC) -lcmocka $(LDLIBS)
+
+$(BUILD)/bench/%: bench/%.c $(STATIC)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(STATIC) $(LDLIBS)
+
+$(BUILD)/examples/%: examples/%.c $(STATIC)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(STATIC) $(LDLIBS)
+
+# Runs every unit test binary of one build; prints per-binary results.
+test: $(TEST_BIN) $(EX_BIN)
+	@sh tests/run.sh $(BUILD) $(TEST_BIN)
+
+check: deps lint
+	@rm -f build/results.txt
+	@$(MAKE) --no-print-directory test BUILD=build RESULTS=build/results.txt
+	@$(MAKE) --no-print-directory test BUILD=build/asan SAN=asan OPT="-O1 -g"
+	@sh tests/summary.sh build/results.txt build/asan/results.txt
+
+tsan:
+	@$(MAKE) --no-print-directory test BUILD=build/tsan SAN=tsan OPT="-O1 -g"
+	@sh tests/summary.sh build/tsan/results.txt
+
+bench: $(BENCH_BIN)
+	@sh bench/run.sh $(BUILD)
+
+run: deps all
+	$(BUILD)/examples/demo
+
+lint:
+	@if grep -nE '\b(sprintf|strcpy|strcat|strtok|atoi|gets)[[:space:]]*\(' \
+	    $$(find src include tests bench examples -name '*.[ch]' 2>/dev/null); then \
+	    echo "lint: banned function (use snprintf, memcpy with a bound, strtol...)"; exit 1; fi
+	@if command -v clang-format >/dev/null 2>&1; then \
+	    clang-format --dry-run -Werror $$(find src include tests bench examples -name '*.[ch]' 2>/dev/null) \
+	    || { echo "lint: run 'make format'"; exit 1; }; fi
+
+format:
+	clang-format -i $$(find src include tests bench examples -name '*.[ch]')
+
+install: $(STATIC) $(SHARED)
+	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include/taskhive $(DESTDIR)$(PREFIX)/lib/pkgconfig
+	install -m 644 $(STATIC) $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(SHARED) $(DESTDIR)$(PREFIX)/lib/
+	ln -sf libtaskhive.so.0 $(DESTDIR)$(PREFIX)/lib/libtaskhive.so
+	install -m 644 include/taskhive/*.h $(DESTDIR)$(PREFIX)/include/taskhive/
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|0.1.0|' taskhive.pc.in \
+	    > $(DESTDIR)$(PREFIX)/lib/pkgconfig/taskhive.pc
+
+clean:
+	rm -rf build
+
+-include $(LIB_OBJ:.o=.d) $(TEST_HOBJ:.o=.d)

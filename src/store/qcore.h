@@ -1,0 +1,86 @@
+/*
+ * qcore: the task state machine held in memory. It is the memory store, and
+ * the sqlite store is qcore plus a journal that writes every change to SQLite
+ * (sqlite.c). One mutex guards all of it; every operation is O(log n) in the
+ * number of tasks (heaps for ready, scheduled, running and expiring tasks,
+ * hash tables for ids, queues and unique keys).
+ *
+ * Lock order: qcore.mu is a leaf for callers (the engine never holds a lock
+ * while calling in). The journal callbacks run with qcore.mu held and take
+ * only the journal's own mutex.
+ */
+#ifndef TH_STORE_QCORE_H
+#define TH_STORE_QCORE_H
+
+#include "core/heap.h"
+#include "store/store.h"
+
+#include <uthash.h>
+
+typedef struct qlog {
+    int64_t seq, time_ms;
+    th_log_level level;
+    int attempt;
+    char *message, *data;
+} qlog;
+
+struct qqueue;
+
+typedef struct qtask {
+    char id[TH_ID_SIZE];
+    UT_hash_handle hh;         /* by id */
+    UT_hash_handle kh;         /* by unique key */
+    struct qtask *prev, *next; /* every task, in id order */
+    struct qqueue *q;
+    uint64_t seq; /* submission order: FIFO within a priority */
+    th_task_state state;
+    int priority, attempt, cancel_requested, progress, step, total_steps;
+    th_retry_policy retry;
+    int64_t timeout_ms, created_at, run_at, expires_at, started_at, finished_at;
+    int64_t lease_ms, lease_expires_at, timeout_at, ready_at;
+    uint64_t lease;
+    char *payload, *metadata, *unique_key, *worker, *progress_message, *error, *result;
+    char (*deps)[TH_ID_SIZE];
+    uint32_t ndeps;
+    char (*dependents)[TH_ID_SIZE];
+    uint32_t ndependents, capdependents;
+    qlog *logs;
+    size_t nlogs, caplogs;
+    int64_t log_seq;
+    size_t hidx;           /* position in the heap its state puts it in */
+    size_t xidx;           /* position in the expiry heap */
+    struct qtask *scratch; /* work-stack link while cascading */
+    uint32_t reserved;     /* dependents slots promised during a submit */
+} qtask;
+
+/* A journal sees every change, in order, with qcore's lock held. */
+typedef struct th__journal {
+    void (*insert)(void *ud, const qtask *t);
+    void (*update)(void *ud, const qtask *t);
+    void (*log)(void *ud, const qtask *t, const qlog *l);
+    void (*remove)(void *ud, const qtask *t);
+    void *ud;
+} th__journal;
+
+/* Creates an empty core, which is a th_store of kind `kind`. */
+th_store *th__qcore_new(const char *kind, th_error *err);
+/* Attaches a journal (before any operation). */
+void th__qcore_set_journal(th_store *core, const th__journal *j);
+
+/* Loading (single-threaded, before use): allocate a task, fill its fields
+ * (strings with th__strdup), then hand it over with th__qcore_load_task. */
+qtask *th__qcore_task_alloc(void);
+void th__qcore_task_free(qtask *t);
+/* Takes `t` over; `queue` names its queue. Tasks must come in seq order (a
+ * seq of 0 gets the next one). Returns 0 or TH_ENOMEM (t freed). */
+int th__qcore_load_task(th_store *core, qtask *t, const char *queue);
+/* Appends a loaded log row to task `t` (message and data are copied). */
+int th__qcore_load_log(th_store *core, qtask *t, const qlog *l);
+/* The name of t's queue. */
+const char *th__qcore_queue_name(const qtask *t);
+/* Looks a loaded task up by id. */
+qtask *th__qcore_find(th_store *core, const char *id);
+/* Rebuilds what is derived (dependency links, id generator). */
+void th__qcore_load_done(th_store *core);
+
+#endif
