@@ -1,8 +1,9 @@
 # taskhive — plain GNU Makefile.
 #
 #   make            library (static + shared) and programs
-#   make check      unit tests, plain and under ASan+UBSan, then the summary
-#   make tsan       the threaded tests under ThreadSanitizer
+#   make check      unit tests plainly, under ASan+UBSan and under TSan, then
+#                   the summary line "N passed, N failed"
+#   make tsan       the tests under ThreadSanitizer only
 #   make bench      benchmarks; prints "<name> <value> <unit>" lines
 #   make run        the main job (installs what is missing first)
 #   make install    PREFIX=/usr/local DESTDIR=
@@ -83,10 +84,11 @@ test: $(TEST_BIN) $(EX_BIN)
 	@sh tests/run.sh $(BUILD) $(TEST_BIN)
 
 check: deps lint
-	@rm -f build/results.txt
-	@$(MAKE) --no-print-directory test BUILD=build RESULTS=build/results.txt
+	@rm -f build/results.txt build/asan/results.txt build/tsan/results.txt
+	@$(MAKE) --no-print-directory test BUILD=build
 	@$(MAKE) --no-print-directory test BUILD=build/asan SAN=asan OPT="-O1 -g"
-	@sh tests/summary.sh build/results.txt build/asan/results.txt
+	@$(MAKE) --no-print-directory test BUILD=build/tsan SAN=tsan OPT="-O1 -g"
+	@sh tests/summary.sh build/results.txt build/asan/results.txt build/tsan/results.txt
 
 tsan:
 	@$(MAKE) --no-print-directory test BUILD=build/tsan SAN=tsan OPT="-O1 -g"

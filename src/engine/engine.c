@@ -13,7 +13,7 @@
  *   evmu  (recursive) serialises event delivery and guards the subscriber
  *         table; held while callbacks run, never while calling the store.
  *   wmu   guards the waiter list, ready_gen, closing and nclaimers.
- *   tmu   guards the timer's sleep (timer_kick).
+ *   tmu   guards the timer's sleep (timer_kick, timer_stop).
  * The store's own lock is taken only inside store calls, with none of these
  * held. evmu is never taken while holding wmu or tmu.
  */
@@ -72,6 +72,7 @@ struct th_engine {
     pthread_mutex_t tmu;
     pthread_cond_t tcv;
     int timer_kick;
+    int timer_stop;
     atomic_int_fast64_t timer_next;
 
     pthread_mutex_t evmu;
@@ -203,7 +204,7 @@ static void *timer_main(void *arg)
         publish(e, &ev);
         pthread_mutex_lock(&e->tmu);
         atomic_store(&e->timer_next, next);
-        if (!e->timer_kick && !e->closing) {
+        if (!e->timer_kick && !e->timer_stop) {
             int64_t wait = next == INT64_MAX ? 60000 : next - now_ms(e);
             if (wait > 60000)
                 wait = 60000;
@@ -213,9 +214,9 @@ static void *timer_main(void *arg)
             }
         }
         e->timer_kick = 0;
-        int closing = e->closing;
+        int stop = e->timer_stop;
         pthread_mutex_unlock(&e->tmu);
-        if (closing)
+        if (stop)
             break;
     }
     th__evbuf_free(&ev);
@@ -297,7 +298,7 @@ void th_engine_free(th_engine *e)
     pthread_mutex_unlock(&e->wmu);
     if (e->has_timer) {
         pthread_mutex_lock(&e->tmu);
-        e->closing = 1;
+        e->timer_stop = 1;
         pthread_cond_signal(&e->tcv);
         pthread_mutex_unlock(&e->tmu);
         pthread_join(e->timer, NULL);
