@@ -15,7 +15,7 @@ BUILD   ?= build
 SAN     ?=
 
 CC      ?= cc
-PKGS    := sqlite3 jansson
+PKGS    := sqlite3 jansson libsodium libzstd zlib libcurl
 DEPCFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 DEPLIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lsqlite3 -ljansson)
 

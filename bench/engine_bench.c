@@ -6,7 +6,8 @@
  *
  * stdout carries only the figures, one per line as "<name> <value> <unit>",
  * for scripts to collect; progress, the chosen directory and the targets go
- * to stderr.
+ * to stderr. End-to-end figures are the median of three runs (one with
+ * --quick), since single runs on a small shared machine vary by a third.
  *
  *   engine_bench [--quick] [--only NAME-PREFIX]
  */
@@ -29,6 +30,7 @@
 #include <taskhive/taskhive.h>
 
 #define BATCH 1000         /* tasks per th_engine_submit_batch */
+#define MAX_REPS 3         /* end-to-end figures are the median of this many runs */
 #define CONSUMERS 8        /* claiming threads in the end-to-end figures */
 #define CLAIM_MAX 64       /* max_tasks of each claim */
 #define CLAIM_WAIT_MS 50   /* consumers re-check the stop flag this often */
@@ -63,6 +65,7 @@ typedef struct bench_config {
     size_t lat_tasks;      /* memory and sqlite_normal */
     size_t lat_tasks_full; /* sqlite_full: each round trip costs two fsyncs */
     size_t fsync_iters;
+    size_t reps; /* runs per end-to-end figure, <= MAX_REPS; the median is reported */
 } bench_config;
 
 typedef enum target_kind { TARGET_NONE, TARGET_MIN, TARGET_MAX } target_kind;
@@ -418,32 +421,13 @@ static void *e2e_consumer(void *arg)
 }
 
 /*
- * Submits cfg->e2e_tasks tasks to queue "bench" in batches while CONSUMERS
- * threads claim and complete them; with `backlog` > 0, that many tasks are
- * first left pending in queue "old". Returns tasks per second from the first
- * submit to the last completion.
+ * One timed phase: submits `total` tasks to queue "bench" in batches while
+ * CONSUMERS threads claim and complete them. Returns tasks per second from
+ * the first submit to the last completion.
  */
-static double run_e2e(const bench_config *cfg, store_kind kind, size_t backlog)
+static double e2e_phase(th_engine *e, size_t total, const char *tag)
 {
-    char dbpath[PATH_MAX];
-    char tag[64];
-    snprintf(tag, sizeof tag, "%s-%s", backlog > 0 ? "backlog" : "e2e", store_names[kind]);
-    fprintf(stderr, "%s: %zu tasks, %d consumers%s\n", tag, cfg->e2e_tasks, CONSUMERS,
-            backlog > 0 ? " over a backlog" : "");
-    th_engine *e = open_engine(kind, tag, dbpath, sizeof dbpath);
-
-    if (backlog > 0) {
-        int64_t t0 = now_ns();
-        submit_many(e, "old", backlog, "backlog");
-        int rc = th_engine_flush(e);
-        if (rc < 0)
-            die("th_engine_flush", rc, NULL);
-        double s = (double)(now_ns() - t0) / 1e9;
-        fprintf(stderr, "  backlog of %zu pending tasks in %.1f s (%.0f tasks/s)\n", backlog, s,
-                (double)backlog / s);
-    }
-
-    e2e_shared sh = {.e = e, .total = cfg->e2e_tasks};
+    e2e_shared sh = {.e = e, .total = total};
     atomic_init(&sh.done, 0);
     atomic_init(&sh.stop, 0);
     atomic_init(&sh.failed, 0);
@@ -459,7 +443,7 @@ static double run_e2e(const bench_config *cfg, store_kind kind, size_t backlog)
     sleep_us(20000); /* let every consumer block in claim */
 
     int64_t t0 = now_ns();
-    submit_many(e, "bench", cfg->e2e_tasks, NULL);
+    submit_many(e, "bench", total, NULL);
     int64_t deadline = t0 + (int64_t)E2E_DEADLINE_S * 1000000000;
     while (!atomic_load(&sh.stop) && now_ns() < deadline)
         sleep_us(5000);
@@ -474,14 +458,54 @@ static double run_e2e(const bench_config *cfg, store_kind kind, size_t backlog)
     if (atomic_load(&sh.failed))
         die("end-to-end run", TH_EIO, NULL);
     size_t done = atomic_load(&sh.done);
-    if (done < sh.total) {
+    if (done < total) {
         fprintf(stderr, "engine_bench: %s: only %zu of %zu tasks completed in %d s\n", tag, done,
-                sh.total, E2E_DEADLINE_S);
+                total, E2E_DEADLINE_S);
         exit(1);
     }
     double secs = (double)(atomic_load(&sh.t_end) - t0) / 1e9;
-    close_engine(e, dbpath);
-    return (double)cfg->e2e_tasks / secs;
+    return (double)total / secs;
+}
+
+/*
+ * Figure (a), or (d) with `backlog` > 0: the median of cfg->reps timed
+ * phases. Without a backlog each phase gets a fresh engine; with one, the
+ * backlog (that many tasks left pending in queue "old") is made once and
+ * every phase runs on top of it.
+ */
+static double run_e2e(const bench_config *cfg, store_kind kind, size_t backlog)
+{
+    char dbpath[PATH_MAX];
+    char tag[64];
+    double rates[MAX_REPS];
+    snprintf(tag, sizeof tag, "%s-%s", backlog > 0 ? "backlog" : "e2e", store_names[kind]);
+    fprintf(stderr, "%s: %zu tasks, %d consumers, median of %zu runs%s\n", tag, cfg->e2e_tasks,
+            CONSUMERS, cfg->reps, backlog > 0 ? ", over a backlog" : "");
+
+    th_engine *e = NULL;
+    if (backlog > 0) {
+        e = open_engine(kind, tag, dbpath, sizeof dbpath);
+        int64_t t0 = now_ns();
+        submit_many(e, "old", backlog, "backlog");
+        int rc = th_engine_flush(e);
+        if (rc < 0)
+            die("th_engine_flush", rc, NULL);
+        double s = (double)(now_ns() - t0) / 1e9;
+        fprintf(stderr, "  backlog of %zu pending tasks in %.1f s (%.0f tasks/s)\n", backlog, s,
+                (double)backlog / s);
+    }
+    for (size_t r = 0; r < cfg->reps; r++) {
+        if (backlog == 0)
+            e = open_engine(kind, tag, dbpath, sizeof dbpath);
+        rates[r] = e2e_phase(e, cfg->e2e_tasks, tag);
+        fprintf(stderr, "  run %zu: %.0f tasks/s\n", r + 1, rates[r]);
+        if (backlog == 0)
+            close_engine(e, dbpath);
+    }
+    if (backlog > 0)
+        close_engine(e, dbpath);
+    qsort(rates, cfg->reps, sizeof rates[0], cmp_double);
+    return rates[cfg->reps / 2];
 }
 
 /* ---- (b): latency from submit to claim ----------------------------------- */
@@ -717,6 +741,7 @@ int main(int argc, char **argv)
         .lat_tasks = 10000,
         .lat_tasks_full = 2000,
         .fsync_iters = 1000,
+        .reps = MAX_REPS,
     };
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--quick") == 0) {
@@ -737,6 +762,7 @@ int main(int argc, char **argv)
         cfg.lat_tasks = 2000;
         cfg.lat_tasks_full = 300;
         cfg.fsync_iters = 300;
+        cfg.reps = 1;
     }
     g_only = cfg.only;
 

@@ -238,8 +238,12 @@ typedef struct th_event {
 typedef void (*th_event_fn)(const th_event *ev, void *ud);
 
 /*
- * Calls fn for every event, in seq order, from the thread that caused it,
- * after the engine's locks are released (fn may call the engine). Returns a
+ * Calls fn for every event, in seq order, which is the order of the changes.
+ * Events are numbered when the change happens and delivered by the thread
+ * that caused them once every earlier event is delivered, or, when an
+ * earlier one is still in flight (its commit pending on another thread), by
+ * the thread that delivers that one. A caller alone on the engine sees its
+ * events before its call returns. fn may call the engine. Returns a
  * subscription id > 0 or a negative code.
  */
 TH_EXPORT int th_engine_subscribe(th_engine *e, th_event_fn fn, void *ud);

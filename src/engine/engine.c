@@ -10,12 +10,15 @@
  * earliest deadline and is kicked when a step creates an earlier one.
  *
  * Locks, in the order they may be taken:
- *   evmu  (recursive) serialises event delivery and guards the subscriber
- *         table; held while callbacks run, never while calling the store.
+ *   dmu   guards the delivery order: ev_next, pending batches, skips.
+ *         Never held while callbacks run.
+ *   evmu  (recursive) guards the subscriber table and is held while
+ *         callbacks run, so unsubscribe returns only when none is running.
+ *         Never held while calling the store.
  *   wmu   guards the waiter list, ready_gen, closing and nclaimers.
  *   tmu   guards the timer's sleep (timer_kick, timer_stop).
  * The store's own lock is taken only inside store calls, with none of these
- * held. evmu is never taken while holding wmu or tmu.
+ * held. dmu and evmu are never held together, nor with wmu or tmu.
  */
 #include "taskhive/engine.h"
 
@@ -48,6 +51,17 @@ typedef struct waiter {
     int woken;
 } waiter;
 
+/* A batch of numbered events waiting for an earlier batch to be delivered. */
+typedef struct chunk {
+    struct chunk *next;
+    uint64_t first, last;
+    th__ev *v;
+    size_t n;
+} chunk;
+
+/* Batches that could not be kept (out of memory) are skipped by number. */
+#define MAX_SKIPS 64
+
 typedef struct sub {
     th_event_fn fn;
     void *ud;
@@ -79,7 +93,13 @@ struct th_engine {
     sub subs[MAX_SUBS];
     int next_sub_id;
     atomic_int nsubs;
-    uint64_t ev_seq;
+
+    _Atomic uint64_t ev_counter; /* last number given to an event */
+    pthread_mutex_t dmu;
+    uint64_t ev_next; /* the number to deliver next */
+    chunk *pending;   /* batches waiting for an earlier one, by number */
+    uint64_t skip_first[MAX_SKIPS], skip_last[MAX_SKIPS];
+    int nskips;
 };
 
 static int64_t system_now(void *ud)
@@ -150,13 +170,14 @@ static void kick_timer(th_engine *e, int64_t deadline)
     pthread_mutex_unlock(&e->tmu);
 }
 
-static void dispatch(th_engine *e, const th__evbuf *ev)
+/* Calls every subscriber for events v[0..n), under evmu. */
+static void deliver(th_engine *e, const th__ev *v, size_t n)
 {
     pthread_mutex_lock(&e->evmu);
-    for (size_t i = 0; i < ev->n; i++) {
-        const th__ev *x = &ev->v[i];
+    for (size_t i = 0; i < n; i++) {
+        const th__ev *x = &v[i];
         th_event out = {
-            .seq = ++e->ev_seq,
+            .seq = x->seq,
             .type = x->type,
             .time_ms = x->time_ms,
             .task_id = x->id,
@@ -173,6 +194,71 @@ static void dispatch(th_engine *e, const th__evbuf *ev)
     pthread_mutex_unlock(&e->evmu);
 }
 
+static void chunk_free(chunk *c)
+{
+    for (size_t i = 0; i < c->n; i++)
+        th__free(c->v[i].message);
+    th__free(c->v);
+    th__free(c);
+}
+
+/*
+ * Delivers the events of one store step in number order across threads.
+ * Numbers were given under the store's lock, so they follow the order of the
+ * changes. The thread holding the next number delivers its batch and then
+ * every deferred batch that follows on; a thread whose batch is not next
+ * leaves it in `pending` for that thread and returns at once. No thread
+ * waits for another's commit.
+ */
+static void dispatch(th_engine *e, th__evbuf *ev)
+{
+    uint64_t first = ev->v[0].seq, last = ev->v[ev->n - 1].seq;
+    pthread_mutex_lock(&e->dmu);
+    if (first != e->ev_next) {
+        chunk *c = th__malloc(sizeof *c);
+        if (c) {
+            *c = (chunk){.first = first, .last = last, .v = ev->v, .n = ev->n};
+            ev->v = NULL;
+            ev->n = ev->cap = 0;
+            chunk **at = &e->pending;
+            while (*at && (*at)->first < first)
+                at = &(*at)->next;
+            c->next = *at;
+            *at = c;
+        } else if (e->nskips < MAX_SKIPS) {
+            e->skip_first[e->nskips] = first;
+            e->skip_last[e->nskips++] = last;
+        }
+        pthread_mutex_unlock(&e->dmu);
+        return;
+    }
+    pthread_mutex_unlock(&e->dmu);
+    deliver(e, ev->v, ev->n);
+    pthread_mutex_lock(&e->dmu);
+    e->ev_next = last + 1;
+    for (;;) {
+        chunk *c = e->pending;
+        if (c && c->first == e->ev_next) {
+            e->pending = c->next;
+            pthread_mutex_unlock(&e->dmu);
+            deliver(e, c->v, c->n);
+            pthread_mutex_lock(&e->dmu);
+            e->ev_next = c->last + 1;
+            chunk_free(c);
+            continue;
+        }
+        int k = 0;
+        while (k < e->nskips && e->skip_first[k] != e->ev_next)
+            k++;
+        if (k == e->nskips)
+            break;
+        e->ev_next = e->skip_last[k] + 1;
+        e->skip_first[k] = e->skip_first[--e->nskips];
+        e->skip_last[k] = e->skip_last[e->nskips];
+    }
+    pthread_mutex_unlock(&e->dmu);
+}
+
 static void publish(th_engine *e, th__evbuf *ev)
 {
     if (ev->nready || ev->ready_all)
@@ -186,7 +272,7 @@ static void publish(th_engine *e, th__evbuf *ev)
 
 static void evbuf_begin(th_engine *e, th__evbuf *ev)
 {
-    th__evbuf_init(ev, atomic_load(&e->nsubs) > 0);
+    th__evbuf_init(ev, atomic_load(&e->nsubs) > 0, &e->ev_counter);
 }
 
 /* ---- the timer --------------------------------------------------------- */
@@ -263,6 +349,8 @@ th_engine *th_engine_new(th_store *store, const th_engine_options *opts, th_erro
     pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_RECURSIVE);
     pthread_mutex_init(&e->evmu, &ma);
     pthread_mutexattr_destroy(&ma);
+    pthread_mutex_init(&e->dmu, NULL);
+    e->ev_next = 1;
     atomic_store(&e->timer_next, INT64_MAX);
     th__store_config cfg = {
         .max_queued = opts->max_queued,
@@ -312,6 +400,12 @@ void th_engine_free(th_engine *e)
     pthread_mutex_destroy(&e->tmu);
     pthread_cond_destroy(&e->tcv);
     pthread_mutex_destroy(&e->evmu);
+    pthread_mutex_destroy(&e->dmu);
+    while (e->pending) {
+        chunk *c = e->pending;
+        e->pending = c->next;
+        chunk_free(c);
+    }
     th__free(e);
 }
 

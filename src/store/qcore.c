@@ -1322,7 +1322,7 @@ int th__qcore_load_task(th_store *s, qtask *t, const char *queue)
         c->next_seq = t->seq + 1;
     link_task(c, t, q);
     th__evbuf ev;
-    th__evbuf_init(&ev, 0);
+    th__evbuf_init(&ev, 0, NULL);
     enter(c, t, st, t->created_at, &ev);
     th__evbuf_free(&ev);
     th__ulid_observe(&c->ids, t->id);

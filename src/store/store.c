@@ -3,6 +3,7 @@
  */
 #include "store/store.h"
 
+#include <stdatomic.h>
 #include <string.h>
 
 #include "core/alloc.h"
@@ -65,10 +66,11 @@ const char *th_store_kind(const th_store *s)
     return s->ops->kind;
 }
 
-void th__evbuf_init(th__evbuf *b, int record)
+void th__evbuf_init(th__evbuf *b, int record, _Atomic uint64_t *seq)
 {
     memset(b, 0, sizeof *b);
-    b->record = record;
+    b->record = record && seq;
+    b->seq = seq;
     b->deadline = INT64_MAX;
     b->ready = b->ready_inline;
     b->readycap = sizeof b->ready_inline / sizeof b->ready_inline[0];
@@ -110,6 +112,7 @@ void th__evbuf_add(th__evbuf *b, th_event_type type, const char *id, const char 
         b->cap = cap;
     }
     th__ev *e = &b->v[b->n++];
+    e->seq = atomic_fetch_add(b->seq, 1) + 1;
     e->type = type;
     e->state = state;
     e->attempt = attempt;

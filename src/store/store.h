@@ -22,6 +22,7 @@
 
 /* One event recorded by a store; see th__evbuf. */
 typedef struct th__ev {
+    uint64_t seq; /* numbered under the store's lock: the order of the changes */
     th_event_type type;
     th_task_state state;
     int attempt;
@@ -34,7 +35,8 @@ typedef struct th__ev {
 
 /* What one store operation reports back to the engine. */
 typedef struct th__evbuf {
-    int record; /* 0: only note readiness and deadlines (no listener) */
+    int record;            /* 0: only note readiness and deadlines (no listener) */
+    _Atomic uint64_t *seq; /* the engine's event counter; NULL when not recording */
     th__ev *v;
     size_t n, cap;
     const char **ready; /* queues that gained a ready task (with repeats) */
@@ -44,12 +46,14 @@ typedef struct th__evbuf {
     int64_t deadline;            /* earliest deadline this step created, or INT64_MAX */
 } th__evbuf;
 
-/* Initialises `b` in place; a th__evbuf must not be copied. */
-void th__evbuf_init(th__evbuf *b, int record);
+/* Initialises `b` in place; a th__evbuf must not be copied. Events take
+ * their numbers from `seq` (may be NULL when `record` is 0). */
+void th__evbuf_init(th__evbuf *b, int record, _Atomic uint64_t *seq);
 /* Empties the buffer for reuse, freeing messages. */
 void th__evbuf_reset(th__evbuf *b);
 void th__evbuf_free(th__evbuf *b);
-/* Records an event (when b->record); never fails: on OOM the event is lost. */
+/* Records an event (when b->record), numbering it; never fails: on OOM the
+ * event is lost before it takes a number, so numbers never have holes. */
 void th__evbuf_add(th__evbuf *b, th_event_type type, const char *id, const char *queue,
                    th_task_state state, int attempt, int progress, const char *message,
                    int64_t now);
