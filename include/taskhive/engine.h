@@ -84,6 +84,9 @@ typedef struct th_claim_options {
     int64_t lease_ms;   /* 0 = engine default */
     int64_t wait_ms;    /* 0 = don't wait; -1 = until work or close */
     const char *worker; /* recorded on the task; may be NULL */
+    /* Optional: once *stop is non-zero and th_engine_wake_claims is called,
+     * a waiting claim returns 0. */
+    const volatile int *stop;
 } th_claim_options;
 
 /*
@@ -95,6 +98,10 @@ typedef struct th_claim_options {
  */
 TH_EXPORT int th_engine_claim(th_engine *e, const th_claim_options *opts, th_task **out,
                               th_error *err);
+
+/* Wakes every claim waiting in th_engine_claim so it re-checks its `stop`
+ * flag; set the flag first. Claims whose flag is not set go back to sleep. */
+TH_EXPORT void th_engine_wake_claims(th_engine *e);
 
 /*
  * Extends the lease of a running task by extend_ms (0 = the lease length it
@@ -136,6 +143,9 @@ TH_EXPORT int th_engine_complete_batch(th_engine *e, th_completion *items, size_
 enum {
     TH_FAIL_PERMANENT = 1 << 0, /* do not retry, whatever the policy says */
     TH_FAIL_TIMEOUT = 1 << 1,   /* the attempt ran out of time */
+    TH_FAIL_RELEASE = 1 << 2,   /* not a failure: hand the task back to the
+                                   queue (pending) without counting the
+                                   attempt, e.g. when a worker shuts down */
 };
 
 /*

@@ -162,7 +162,8 @@ static void wake(th_engine *e, const th__evbuf *ev)
 
 static void kick_timer(th_engine *e, int64_t deadline)
 {
-    if (!e->has_timer || deadline >= atomic_load(&e->timer_next))
+    int64_t next = atomic_load(&e->timer_next);
+    if (!e->has_timer || (next != INT64_MIN && deadline >= next))
         return;
     pthread_mutex_lock(&e->tmu);
     e->timer_kick = 1;
@@ -286,6 +287,8 @@ static void *timer_main(void *arg)
         int64_t next = INT64_MAX;
         ev.record = atomic_load(&e->nsubs) > 0;
         int64_t now = now_ms(e);
+        /* Until this tick's next deadline is known, any new deadline kicks. */
+        atomic_store(&e->timer_next, INT64_MIN);
         e->store->ops->tick(e->store, now, &next, &ev);
         publish(e, &ev);
         pthread_mutex_lock(&e->tmu);
@@ -665,6 +668,10 @@ int th_engine_claim(th_engine *e, const th_claim_options *o, th_task **out, th_e
             pthread_mutex_unlock(&e->wmu);
             continue;
         }
+        if (o->stop && __atomic_load_n(o->stop, __ATOMIC_ACQUIRE)) {
+            pthread_mutex_unlock(&e->wmu);
+            break; /* rc is 0: nothing claimed */
+        }
         if (!have_cv) {
             th__cond_init_mono(&w.cv);
             have_cv = 1;
@@ -704,6 +711,15 @@ int th_engine_claim(th_engine *e, const th_claim_options *o, th_task **out, th_e
     if (rc == TH_ENOMEM)
         th__err(err, rc, NULL, "out of memory");
     return rc;
+}
+
+void th_engine_wake_claims(th_engine *e)
+{
+    /* Taking wmu orders this after any claimer's check of its stop flag. */
+    pthread_mutex_lock(&e->wmu);
+    for (waiter *w = e->waiters; w; w = w->next)
+        pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&e->wmu);
 }
 
 /* ---- working ------------------------------------------------------------- */
@@ -830,7 +846,7 @@ int th_engine_fail(th_engine *e, const char *id, uint64_t lease, const char *mes
     int rc = check_id(id, err);
     if (rc)
         return rc;
-    if (flags & ~(TH_FAIL_PERMANENT | TH_FAIL_TIMEOUT))
+    if (flags & ~(TH_FAIL_PERMANENT | TH_FAIL_TIMEOUT | TH_FAIL_RELEASE))
         return th__err(err, TH_EINVAL, "flags", "unknown flags 0x%x", (unsigned)flags);
     if ((rc = check_message(message, "message", err)))
         return rc;

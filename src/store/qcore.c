@@ -31,10 +31,7 @@
 #include "core/rng.h"
 #include "core/ulid.h"
 
-#undef uthash_malloc
-#undef uthash_free
-#define uthash_malloc(sz) th__malloc(sz)
-#define uthash_free(ptr, sz) th__free(ptr)
+_Thread_local int th__hash_oom;
 
 typedef struct qqueue {
     char name[TH_QUEUE_NAME_MAX + 1];
@@ -209,6 +206,11 @@ static qqueue *queue_get(qcore *c, const char *name, int create)
     snprintf(q->name, sizeof q->name, "%s", name);
     th__heap_init(&q->ready, ready_less, offsetof(qtask, hidx));
     HASH_ADD_STR(c->queues, name, q);
+    if (th__hash_oom) {
+        th__hash_oom = 0;
+        th__free(q);
+        return NULL;
+    }
     return q;
 }
 
@@ -320,6 +322,15 @@ static void end_lease(qtask *t)
 static void finish_attempt(qcore *c, qtask *t, int flags, int64_t now, th__evbuf *ev)
 {
     end_lease(t);
+    if ((flags & TH_FAIL_RELEASE) && !t->cancel_requested) {
+        /* Handed back unfinished: the attempt does not count. */
+        t->attempt--;
+        t->run_at = now;
+        move(c, t, TH_TASK_PENDING, now, ev);
+        emit(ev, TH_EV_READY, t, t->error, now);
+        JOURNAL(c, update, t);
+        return;
+    }
     c->st.failed_attempts_total++;
     if (t->cancel_requested) {
         t->finished_at = now;
@@ -330,18 +341,17 @@ static void finish_attempt(qcore *c, qtask *t, int flags, int64_t now, th__evbuf
     } else if (!(flags & TH_FAIL_PERMANENT) && t->attempt <= t->retry.max_retries) {
         t->run_at = now + backoff(c, t);
         c->st.retries_total++;
+        th_task_state next = t->run_at > now ? TH_TASK_SCHEDULED : TH_TASK_PENDING;
         leave(c, t);
-        t->state = TH_TASK_SCHEDULED; /* for the events; enter() below settles it */
-        c->counts[t->state]++, t->q->counts[t->state]++;
-        emit(ev, TH_EV_FAILED, t, t->error, now);
-        emit(ev, TH_EV_RETRYING, t, NULL, now);
-        c->counts[t->state]--, t->q->counts[t->state]--;
-        if (t->run_at > now) {
-            enter(c, t, TH_TASK_SCHEDULED, now, ev);
-        } else {
-            enter(c, t, TH_TASK_PENDING, now, ev);
+        /* The failure and the retry are announced with the state the task
+         * goes to; enter() below puts it there. */
+        th__evbuf_add(ev, TH_EV_FAILED, t->id, t->q->name, next, t->attempt, t->progress, t->error,
+                      now);
+        th__evbuf_add(ev, TH_EV_RETRYING, t->id, t->q->name, next, t->attempt, t->progress, NULL,
+                      now);
+        enter(c, t, next, now, ev);
+        if (next == TH_TASK_PENDING)
             emit(ev, TH_EV_READY, t, NULL, now);
-        }
         JOURNAL(c, update, t);
     } else {
         th_task_state final = (flags & TH_FAIL_TIMEOUT) ? TH_TASK_TIMEOUT : TH_TASK_FAILED;
@@ -355,7 +365,7 @@ static void finish_attempt(qcore *c, qtask *t, int flags, int64_t now, th__evbuf
 
 static void expire(qcore *c, qtask *t, int64_t now, th__evbuf *ev)
 {
-    set_str(&t->error, "expired before it started");
+    set_str(&t->error, "expired before it could run");
     t->finished_at = now;
     move(c, t, TH_TASK_EXPIRED, now, ev);
     emit(ev, TH_EV_EXPIRED, t, t->error, now);
@@ -455,15 +465,39 @@ void th__qcore_task_free(qtask *t)
     th__free(t);
 }
 
-/* Adds a fully formed task to the indexes (not to a state heap). */
+/* Adds a task to the id and unique-key indexes; TH_ENOMEM leaves it in
+ * neither. */
+static int index_task(qcore *c, qtask *t)
+{
+    HASH_ADD(hh, c->by_id, id, strlen(t->id), t);
+    if (th__hash_oom) {
+        th__hash_oom = 0;
+        return TH_ENOMEM;
+    }
+    if (t->unique_key) {
+        HASH_ADD_KEYPTR(kh, c->by_key, t->unique_key, strlen(t->unique_key), t);
+        if (th__hash_oom) {
+            th__hash_oom = 0;
+            HASH_DELETE(hh, c->by_id, t);
+            return TH_ENOMEM;
+        }
+    }
+    return 0;
+}
+
+static void unindex_task(qcore *c, qtask *t)
+{
+    HASH_DELETE(hh, c->by_id, t);
+    if (t->unique_key)
+        HASH_DELETE(kh, c->by_key, t);
+}
+
+/* Puts an indexed task on its queue and the id-ordered list. */
 static void link_task(qcore *c, qtask *t, qqueue *q)
 {
     t->q = q;
     q->ntasks++;
     c->ntasks++;
-    HASH_ADD(hh, c->by_id, id, strlen(t->id), t);
-    if (t->unique_key)
-        HASH_ADD_KEYPTR(kh, c->by_key, t->unique_key, strlen(t->unique_key), t);
     t->prev = c->tail;
     t->next = NULL;
     if (c->tail)
@@ -476,9 +510,7 @@ static void link_task(qcore *c, qtask *t, qqueue *q)
 static void unlink_task(qcore *c, qtask *t)
 {
     leave(c, t);
-    HASH_DELETE(hh, c->by_id, t);
-    if (t->unique_key)
-        HASH_DELETE(kh, c->by_key, t);
+    unindex_task(c, t);
     if (t->prev)
         t->prev->next = t->next;
     else
@@ -505,6 +537,21 @@ static int qc_configure(th_store *s, const th__store_config *cfg)
     pthread_mutex_lock(&c->mu);
     c->cfg = *cfg;
     th__rng_seed(&c->rng, cfg->seed);
+    /* Logs loaded from a file written under a larger limit. */
+    size_t max = cfg->max_logs_per_task;
+    for (qtask *t = c->head; max && t; t = t->next) {
+        if (t->nlogs <= max)
+            continue;
+        size_t drop = t->nlogs - max;
+        int64_t upto = t->logs[drop - 1].seq;
+        for (size_t i = 0; i < drop; i++) {
+            th__free(t->logs[i].message);
+            th__free(t->logs[i].data);
+        }
+        memmove(t->logs, t->logs + drop, (t->nlogs - drop) * sizeof *t->logs);
+        t->nlogs -= drop;
+        JOURNAL(c, log_trim, t, upto);
+    }
     pthread_mutex_unlock(&c->mu);
     return 0;
 }
@@ -559,7 +606,9 @@ static int qc_submit(th_store *s, th__submit *items, size_t n, int64_t now, th__
                      queued_count(c), c->cfg.max_queued);
         goto fail;
     }
-    /* Phase 1: resolve, allocate and reserve; nothing visible changes. */
+    /* Phase 1: allocate, index, resolve and reserve. Indexing first lets
+     * later items find earlier ones (dependencies, unique keys); on failure
+     * everything is unindexed again, so no other caller ever sees a part. */
     for (size_t i = 0; i < n; i++) {
         const th_task_spec *sp = items[i].spec;
         char prefix[32] = "";
@@ -569,32 +618,32 @@ static int qc_submit(th_store *s, th__submit *items, size_t n, int64_t now, th__
         if (sp->unique_key) {
             qtask *dup = NULL;
             HASH_FIND(kh, c->by_key, sp->unique_key, strlen(sp->unique_key), dup);
-            for (size_t j = 0; !dup && j < i; j++)
-                if (nt[j] && nt[j]->unique_key && strcmp(nt[j]->unique_key, sp->unique_key) == 0)
-                    dup = nt[j];
             if (dup) {
                 memcpy(items[i].id, dup->id, TH_ID_SIZE);
                 items[i].deduplicated = 1;
                 continue;
             }
         }
-        if (!queue_get(c, sp->queue, 1) || !(nt[i] = new_task(c, &items[i], now))) {
+        qtask *t;
+        if (!queue_get(c, sp->queue, 1) || !(t = new_task(c, &items[i], now))) {
             rc = th__err(err, TH_ENOMEM, NULL, "out of memory");
             goto fail;
         }
-        memcpy(items[i].id, nt[i]->id, TH_ID_SIZE);
+        if (index_task(c, t)) {
+            th__qcore_task_free(t);
+            rc = th__err(err, TH_ENOMEM, NULL, "out of memory");
+            goto fail;
+        }
+        nt[i] = t;
+        memcpy(items[i].id, t->id, TH_ID_SIZE);
         for (size_t k = 0; k < sp->ndeps; k++) {
             if (sp->deps[k][0] == '$') /* "$j": item j of this batch, checked by the engine */
-                memcpy(nt[i]->deps[k], items[strtoul(sp->deps[k] + 1, NULL, 10)].id, TH_ID_SIZE);
-            qtask *d = find(c, nt[i]->deps[k]);
-            for (size_t j = 0; !d && j < i; j++)
-                if (nt[j] && strcmp(nt[j]->id, nt[i]->deps[k]) == 0)
-                    d = nt[j];
+                memcpy(t->deps[k], items[strtoul(sp->deps[k] + 1, NULL, 10)].id, TH_ID_SIZE);
+            qtask *d = find(c, t->deps[k]);
             if (!d) {
                 char field[64];
                 snprintf(field, sizeof field, "%sdeps[%zu]", prefix, k);
-                rc = th__err(err, TH_ENOTFOUND, field, "dependency %s does not exist",
-                             nt[i]->deps[k]);
+                rc = th__err(err, TH_ENOTFOUND, field, "dependency %s does not exist", t->deps[k]);
                 goto fail;
             }
             if (reserve_dependent(d, d->reserved + 1)) {
@@ -663,8 +712,12 @@ fail:
                 d->reserved = 0;
         }
     }
-    for (size_t i = 0; i < n; i++)
-        th__qcore_task_free(nt[i]);
+    for (size_t i = 0; i < n; i++) {
+        if (nt[i]) {
+            unindex_task(c, nt[i]);
+            th__qcore_task_free(nt[i]);
+        }
+    }
     pthread_mutex_unlock(&c->mu);
     th__free(nt);
     return rc;
@@ -743,7 +796,7 @@ static int qc_claim(th_store *s, const th__claim *cl, int64_t now, th_task **out
         th__free(snap->progress_message);
         snap->progress_message = NULL;
         th__free(snap->worker);
-        snap->worker = th__strdup(t->worker);
+        snap->worker = t->worker ? th__strdup(t->worker) : NULL; /* NULL on OOM: a name only */
         out[k++] = snap;
     }
     pthread_mutex_unlock(&c->mu);
@@ -821,12 +874,14 @@ static int append_log(qcore *c, qtask *t, const qlog *l, int64_t seq)
     size_t max = c->cfg.max_logs_per_task ? c->cfg.max_logs_per_task : SIZE_MAX;
     if (t->nlogs >= max) {
         size_t drop = t->nlogs - max / 2;
+        int64_t upto = t->logs[drop - 1].seq;
         for (size_t i = 0; i < drop; i++) {
             th__free(t->logs[i].message);
             th__free(t->logs[i].data);
         }
         memmove(t->logs, t->logs + drop, (t->nlogs - drop) * sizeof *t->logs);
         t->nlogs -= drop;
+        JOURNAL(c, log_trim, t, upto);
     }
     if (t->nlogs == t->caplogs) {
         size_t cap = t->caplogs ? t->caplogs * 2 : 8;
@@ -906,6 +961,7 @@ static int qc_complete(th_store *s, th_completion *items, size_t n, int64_t now,
         }
         th__free(t->result);
         t->result = r;
+        set_str(&t->error, NULL); /* a cancel asked for too late is moot */
         c->st.run_ms_sum += (double)(now - t->started_at);
         c->st.run_n++;
         end_lease(t);
@@ -989,14 +1045,21 @@ static int qc_retry(th_store *s, const char *id, int64_t now, th__evbuf *ev, th_
     int unmet = 0;
     for (uint32_t k = 0; k < t->ndeps; k++) {
         qtask *d = find(c, t->deps[k]);
-        if (d && is_failure(d->state)) {
+        if (!d) {
+            char field[32];
+            snprintf(field, sizeof field, "deps[%u]", k);
+            rc = th__err(err, TH_ESTATE, field,
+                         "dependency %s was pruned; whether it completed is unknown", t->deps[k]);
+            goto out;
+        }
+        if (is_failure(d->state)) {
             char field[32];
             snprintf(field, sizeof field, "deps[%u]", k);
             rc = th__err(err, TH_ESTATE, field, "dependency %s is %s; retry it first", d->id,
                          th_task_state_name(d->state));
             goto out;
         }
-        if (d && d->state != TH_TASK_COMPLETED) {
+        if (d->state != TH_TASK_COMPLETED) {
             if (reserve_dependent(d, 1)) {
                 rc = th__err(err, TH_ENOMEM, NULL, "out of memory");
                 goto out;
@@ -1019,12 +1082,11 @@ static int qc_retry(th_store *s, const char *id, int64_t now, th__evbuf *ev, th_
     set_str(&t->error, NULL);
     set_str(&t->result, NULL);
     set_str(&t->progress_message, NULL);
+    th_task_state next = unmet ? TH_TASK_BLOCKED : TH_TASK_PENDING;
     leave(c, t);
-    t->state = unmet ? TH_TASK_BLOCKED : TH_TASK_PENDING;
-    c->counts[t->state]++, t->q->counts[t->state]++;
-    emit(ev, TH_EV_RETRYING, t, "retry requested", now);
-    c->counts[t->state]--, t->q->counts[t->state]--;
-    enter(c, t, t->state, now, ev);
+    th__evbuf_add(ev, TH_EV_RETRYING, t->id, t->q->name, next, t->attempt, t->progress,
+                  "retry requested", now);
+    enter(c, t, next, now, ev);
     if (!unmet)
         emit(ev, TH_EV_READY, t, NULL, now);
     JOURNAL(c, update, t);
@@ -1320,6 +1382,10 @@ int th__qcore_load_task(th_store *s, qtask *t, const char *queue)
         t->seq = c->next_seq;
     if (t->seq >= c->next_seq)
         c->next_seq = t->seq + 1;
+    if (index_task(c, t)) {
+        th__qcore_task_free(t);
+        return TH_ENOMEM;
+    }
     link_task(c, t, q);
     th__evbuf ev;
     th__evbuf_init(&ev, 0, NULL);

@@ -1,9 +1,10 @@
 /*
  * qcore: the task state machine held in memory. It is the memory store, and
  * the sqlite store is qcore plus a journal that writes every change to SQLite
- * (sqlite.c). One mutex guards all of it; every operation is O(log n) in the
+ * (sqlite.c). One mutex guards all of it. State changes are O(log n) in the
  * number of tasks (heaps for ready, scheduled, running and expiring tasks,
- * hash tables for ids, queues and unique keys).
+ * hash tables for ids, queues and unique keys); a claim also looks at the
+ * head of each candidate queue; list and prune walk the tasks in id order.
  *
  * Lock order: qcore.mu is a leaf for callers (the engine never holds a lock
  * while calling in). The journal callbacks run with qcore.mu held and take
@@ -12,9 +13,18 @@
 #ifndef TH_STORE_QCORE_H
 #define TH_STORE_QCORE_H
 
+#include "core/alloc.h"
 #include "core/heap.h"
 #include "store/store.h"
 
+/* uthash allocates through the choke point and reports running out of
+ * memory instead of exiting: an add that could not allocate leaves the
+ * element out and sets th__hash_oom, which callers check and clear. */
+extern _Thread_local int th__hash_oom;
+#define HASH_NONFATAL_OOM 1
+#define uthash_nonfatal_oom(obj) (th__hash_oom = 1)
+#define uthash_malloc(sz) th__malloc(sz)
+#define uthash_free(ptr, sz) th__free(ptr)
 #include <uthash.h>
 
 typedef struct qlog {
@@ -58,6 +68,8 @@ typedef struct th__journal {
     void (*insert)(void *ud, const qtask *t);
     void (*update)(void *ud, const qtask *t);
     void (*log)(void *ud, const qtask *t, const qlog *l);
+    /* Log rows of t with seq <= upto were dropped (max_logs_per_task). */
+    void (*log_trim)(void *ud, const qtask *t, int64_t upto);
     void (*remove)(void *ud, const qtask *t);
     void *ud;
 } th__journal;

@@ -37,7 +37,7 @@
 #define APP_ID 0x54486976 /* "THiv" */
 #define SCHEMA_VERSION 1
 
-enum { J_INSERT, J_UPDATE, J_LOG, J_DELETE };
+enum { J_INSERT, J_UPDATE, J_LOG, J_LOG_TRIM, J_DELETE };
 
 /* A copy of what one change wrote, owned by the journal until applied. */
 typedef struct jrec {
@@ -64,7 +64,8 @@ typedef struct sqstore {
     th_store *core;
     sqlite3 *db;
     char *path;
-    sqlite3_stmt *ins_task, *ins_payload, *upd_task, *ins_log, *del_task, *del_payload, *del_logs;
+    sqlite3_stmt *ins_task, *ins_payload, *upd_task, *ins_log, *trim_logs, *del_task, *del_payload,
+        *del_logs;
 
     pthread_mutex_t jmu;
     pthread_cond_t jcv;    /* the writer waits for records */
@@ -203,6 +204,17 @@ static void j_log(void *ud, const qtask *t, const qlog *l)
     jpush(ud, r);
 }
 
+static void j_log_trim(void *ud, const qtask *t, int64_t upto)
+{
+    jrec *r = th__calloc(1, sizeof *r);
+    if (r) {
+        r->kind = J_LOG_TRIM;
+        memcpy(r->id, t->id, TH_ID_SIZE);
+        r->log.seq = upto;
+    }
+    jpush(ud, r);
+}
+
 static void j_remove(void *ud, const qtask *t)
 {
     jrec *r = th__calloc(1, sizeof *r);
@@ -293,6 +305,10 @@ static int apply(sqstore *q, const jrec *r)
         bind_text(q->ins_log, 6, r->log.message);
         bind_text(q->ins_log, 7, r->log.data);
         return step_reset(q->ins_log);
+    case J_LOG_TRIM:
+        sqlite3_bind_text(q->trim_logs, 1, r->id, TH_ID_LEN, SQLITE_STATIC);
+        sqlite3_bind_int64(q->trim_logs, 2, r->log.seq);
+        return step_reset(q->trim_logs);
     case J_DELETE:
         sqlite3_bind_int64(q->del_task, 1, r->seq);
         sqlite3_bind_int64(q->del_payload, 1, r->seq);
@@ -315,15 +331,19 @@ static void *writer_main(void *arg)
             break;
         jrec *list = q->head;
         uint64_t upto = q->appended;
+        int already_failed = q->failed;
         q->head = q->tail = NULL;
         pthread_mutex_unlock(&q->jmu);
 
-        int rc = sqlite3_exec(q->db, "BEGIN", NULL, NULL, NULL);
+        /* After a failed commit the file no longer matches memory: later
+         * batches could update rows whose insert was lost, so none is
+         * applied. The store refuses changes from then on (TH_EIO). */
+        int rc = already_failed ? SQLITE_ABORT : sqlite3_exec(q->db, "BEGIN", NULL, NULL, NULL);
         for (jrec *r = list; r && rc == SQLITE_OK; r = r->next)
             rc = apply(q, r);
         if (rc == SQLITE_OK)
             rc = sqlite3_exec(q->db, "COMMIT", NULL, NULL, NULL);
-        if (rc != SQLITE_OK) {
+        if (rc != SQLITE_OK && !already_failed) {
             fprintf(stderr, "taskhive: sqlite store %s: write failed: %s\n", q->path,
                     sqlite3_errmsg(q->db));
             sqlite3_exec(q->db, "ROLLBACK", NULL, NULL, NULL);
@@ -397,26 +417,33 @@ static int sq_heartbeat(th_store *s, const char *id, uint64_t lease, int64_t ext
                         int *cancel_requested, th__evbuf *ev)
 {
     sqstore *q = SQ(s);
-    return CORE_OPS(q)->heartbeat(q->core, id, lease, extend_ms, now, cancel_requested, ev);
+    int rc = failed(q);
+    return rc ? rc
+              : CORE_OPS(q)->heartbeat(q->core, id, lease, extend_ms, now, cancel_requested, ev);
 }
 
 static int sq_progress(th_store *s, const char *id, uint64_t lease, int percent, int step,
                        int total, const char *message, int64_t now, th__evbuf *ev)
 {
     sqstore *q = SQ(s);
-    return CORE_OPS(q)->progress(q->core, id, lease, percent, step, total, message, now, ev);
+    int rc = failed(q);
+    return rc ? rc
+              : CORE_OPS(q)->progress(q->core, id, lease, percent, step, total, message, now, ev);
 }
 
 static int sq_log(th_store *s, const char *id, uint64_t lease, th_log_level level,
                   const char *message, const char *data, int64_t now)
 {
     sqstore *q = SQ(s);
-    return CORE_OPS(q)->log(q->core, id, lease, level, message, data, now);
+    int rc = failed(q);
+    return rc ? rc : CORE_OPS(q)->log(q->core, id, lease, level, message, data, now);
 }
 
 static int sq_complete(th_store *s, th_completion *items, size_t n, int64_t now, th__evbuf *ev)
 {
     sqstore *q = SQ(s);
+    if (failed(q))
+        return TH_EIO;
     int ok = CORE_OPS(q)->complete(q->core, items, n, now, ev);
     int rc = ok > 0 ? wait_durable(q) : 0;
     return rc ? rc : ok;
@@ -426,14 +453,20 @@ static int sq_fail(th_store *s, const char *id, uint64_t lease, const char *mess
                    int64_t now, th__evbuf *ev)
 {
     sqstore *q = SQ(s);
-    int rc = CORE_OPS(q)->fail(q->core, id, lease, message, flags, now, ev);
+    int rc = failed(q);
+    if (rc)
+        return rc;
+    rc = CORE_OPS(q)->fail(q->core, id, lease, message, flags, now, ev);
     return rc == 0 ? wait_durable(q) : rc;
 }
 
 static int sq_cancel(th_store *s, const char *id, const char *reason, int64_t now, th__evbuf *ev)
 {
     sqstore *q = SQ(s);
-    int rc = CORE_OPS(q)->cancel(q->core, id, reason, now, ev);
+    int rc = failed(q);
+    if (rc)
+        return rc;
+    rc = CORE_OPS(q)->cancel(q->core, id, reason, now, ev);
     int w = rc >= 0 ? wait_durable(q) : 0;
     return w ? w : rc;
 }
@@ -441,7 +474,10 @@ static int sq_cancel(th_store *s, const char *id, const char *reason, int64_t no
 static int sq_retry(th_store *s, const char *id, int64_t now, th__evbuf *ev, th_error *err)
 {
     sqstore *q = SQ(s);
-    int rc = CORE_OPS(q)->retry(q->core, id, now, ev, err);
+    int rc = failed(q);
+    if (rc)
+        return th__err(err, rc, NULL, "the database %s can no longer be written", q->path);
+    rc = CORE_OPS(q)->retry(q->core, id, now, ev, err);
     if (rc == 0 && (rc = wait_durable(q)))
         th__err(err, rc, NULL, "writing to %s failed", q->path);
     return rc;
@@ -476,6 +512,8 @@ static int sq_stats(th_store *s, int64_t now, th__store_stats *out)
 static int sq_prune(th_store *s, int64_t before, int64_t now)
 {
     sqstore *q = SQ(s);
+    if (failed(q))
+        return TH_EIO;
     int n = CORE_OPS(q)->prune(q->core, before, now);
     int rc = n > 0 ? wait_durable(q) : 0;
     return rc ? rc : n;
@@ -483,6 +521,10 @@ static int sq_prune(th_store *s, int64_t before, int64_t now)
 
 static int sq_tick(th_store *s, int64_t now, int64_t *next, th__evbuf *ev)
 {
+    if (failed(SQ(s))) {
+        *next = INT64_MAX;
+        return TH_EIO;
+    }
     return CORE_OPS(SQ(s))->tick(SQ(s)->core, now, next, ev);
 }
 
@@ -508,8 +550,8 @@ static void sq_free(th_store *s)
         jrec_free(q->head);
         q->head = next;
     }
-    sqlite3_stmt *stmts[] = {q->ins_task, q->ins_payload, q->upd_task, q->ins_log,
-                             q->del_task, q->del_payload, q->del_logs};
+    sqlite3_stmt *stmts[] = {q->ins_task,  q->ins_payload, q->upd_task,    q->ins_log,
+                             q->trim_logs, q->del_task,    q->del_payload, q->del_logs};
     for (size_t i = 0; i < sizeof stmts / sizeof stmts[0]; i++)
         sqlite3_finalize(stmts[i]);
     if (q->db)
@@ -844,6 +886,7 @@ th_store *th__sqlite_store_open(const char *path, const th_store_options *opts, 
         {&q->upd_task, "UPDATE tasks SET " MUTABLE_SET " WHERE seq=?20"},
         {&q->ins_log, "INSERT OR REPLACE INTO task_logs (task_id, seq, time_ms, level, attempt,"
                       " message, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"},
+        {&q->trim_logs, "DELETE FROM task_logs WHERE task_id=?1 AND seq<=?2"},
         {&q->del_task, "DELETE FROM tasks WHERE seq=?1"},
         {&q->del_payload, "DELETE FROM task_payloads WHERE seq=?1"},
         {&q->del_logs, "DELETE FROM task_logs WHERE task_id=?1"},
@@ -857,7 +900,7 @@ th_store *th__sqlite_store_open(const char *path, const th_store_options *opts, 
     }
     if (load_tasks(q, err))
         goto fail;
-    th__journal j = {j_insert, j_update, j_log, j_remove, q};
+    th__journal j = {j_insert, j_update, j_log, j_log_trim, j_remove, q};
     th__qcore_set_journal(q->core, &j);
     if (pthread_create(&q->writer, NULL, writer_main, q) != 0) {
         th__err(err, TH_ENOMEM, NULL, "cannot start the writer thread");
