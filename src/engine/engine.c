@@ -708,8 +708,8 @@ int th_engine_claim(th_engine *e, const th_claim_options *o, th_task **out, th_e
     if (--e->nclaimers == 0 && e->closing)
         pthread_cond_broadcast(&e->drained);
     pthread_mutex_unlock(&e->wmu);
-    if (rc == TH_ENOMEM)
-        th__err(err, rc, NULL, "out of memory");
+    if (rc < 0 && (!err || err->code == 0))
+        th__err(err, rc, NULL, "claim failed: %s", th_strerror(rc));
     return rc;
 }
 

@@ -1410,7 +1410,7 @@ qtask *th__qcore_find(th_store *s, const char *id)
     return find(CORE(s), id);
 }
 
-void th__qcore_load_done(th_store *s)
+int th__qcore_load_done(th_store *s)
 {
     qcore *c = CORE(s);
     for (qtask *t = c->head; t; t = t->next) {
@@ -1418,8 +1418,13 @@ void th__qcore_load_done(th_store *s)
             continue;
         for (uint32_t k = 0; k < t->ndeps; k++) {
             qtask *d = find(c, t->deps[k]);
-            if (d && d->state != TH_TASK_COMPLETED && reserve_dependent(d, 1) == 0)
-                add_dependent(d, t);
+            if (!d || d->state == TH_TASK_COMPLETED)
+                continue;
+            /* A link left out would strand the dependent: fail the open. */
+            if (reserve_dependent(d, 1))
+                return TH_ENOMEM;
+            add_dependent(d, t);
         }
     }
+    return 0;
 }

@@ -92,7 +92,8 @@ int th__qcore_load_log(th_store *core, qtask *t, const qlog *l);
 const char *th__qcore_queue_name(const qtask *t);
 /* Looks a loaded task up by id. */
 qtask *th__qcore_find(th_store *core, const char *id);
-/* Rebuilds what is derived (dependency links, id generator). */
-void th__qcore_load_done(th_store *core);
+/* Rebuilds what is derived (dependency links). Returns 0 or TH_ENOMEM, in
+ * which case the store must not be used. */
+int th__qcore_load_done(th_store *core);
 
 #endif

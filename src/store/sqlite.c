@@ -805,7 +805,8 @@ static int load_tasks(sqstore *q, th_error *err)
     sqlite3_finalize(st);
     if (rc != SQLITE_DONE)
         return fail_db(q, err, code_of(rc), "cannot read task logs");
-    th__qcore_load_done(q->core);
+    if (th__qcore_load_done(q->core))
+        return th__err(err, TH_ENOMEM, NULL, "out of memory loading %s", q->path);
     return 0;
 oom:
     sqlite3_finalize(st);

@@ -57,6 +57,9 @@ int th_priority_parse(const char *text, int *out)
             *out = levels[i].value;
             return 0;
         }
+    /* Digits with an optional minus sign only: no spaces, no '+'. */
+    if (!(text[0] == '-' || (text[0] >= '0' && text[0] <= '9')))
+        return TH_EINVAL;
     char *end;
     errno = 0;
     long v = strtol(text, &end, 10);
