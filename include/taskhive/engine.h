@@ -192,11 +192,23 @@ TH_EXPORT int th_engine_logs(th_engine *e, const char *id, int64_t after_seq, si
 
 typedef struct th_queue_counts {
     char queue[TH_QUEUE_NAME_MAX + 1];
+    int paused;
     int64_t counts[TH_TASK_NSTATES]; /* indexed by th_task_state */
 } th_queue_counts;
 
 /* Counts per queue and state. *out is an array of *n; free() it. */
 TH_EXPORT int th_engine_counts(th_engine *e, th_queue_counts **out, size_t *n);
+
+/* Pauses (paused = 1) or resumes (0) a queue: a paused queue still accepts
+ * tasks but hands none out. An unknown queue is created, so a queue can be
+ * paused before its first task. The setting is durable. */
+TH_EXPORT int th_engine_queue_pause(th_engine *e, const char *queue, int paused, th_error *err);
+
+/* Cancels every waiting task (pending, scheduled, blocked) of `queue`, with
+ * `reason` (NULL: "purged"), and their dependents. Returns how many of the
+ * queue's tasks were cancelled. */
+TH_EXPORT int th_engine_queue_purge(th_engine *e, const char *queue, const char *reason,
+                                    th_error *err);
 
 /* Deletes final tasks (and their logs) that finished before `finished_before_ms`.
  * Returns the number deleted. */

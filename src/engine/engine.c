@@ -938,6 +938,34 @@ int th_engine_prune(th_engine *e, int64_t finished_before_ms)
     return e->store->ops->prune(e->store, finished_before_ms, now_ms(e));
 }
 
+int th_engine_queue_pause(th_engine *e, const char *queue, int paused, th_error *err)
+{
+    th__err_clear(err);
+    int rc = check_queue(queue, "queue", err);
+    if (rc)
+        return rc;
+    th__evbuf ev;
+    evbuf_begin(e, &ev);
+    rc = e->store->ops->queue_pause(e->store, queue, paused, &ev);
+    publish(e, &ev);
+    th__evbuf_free(&ev);
+    return rc ? th__err(err, rc, NULL, "%s", th_strerror(rc)) : 0;
+}
+
+int th_engine_queue_purge(th_engine *e, const char *queue, const char *reason, th_error *err)
+{
+    th__err_clear(err);
+    int rc = check_queue(queue, "queue", err);
+    if (rc || (rc = check_message(reason, "reason", err)))
+        return rc;
+    th__evbuf ev;
+    evbuf_begin(e, &ev);
+    rc = e->store->ops->queue_purge(e->store, queue, reason, now_ms(e), &ev);
+    publish(e, &ev);
+    th__evbuf_free(&ev);
+    return rc < 0 ? th__err(err, rc, NULL, "%s", th_strerror(rc)) : rc;
+}
+
 int th_engine_tick(th_engine *e)
 {
     th__evbuf ev;

@@ -39,6 +39,7 @@ typedef struct qqueue {
     th__heap ready;
     int64_t counts[TH_TASK_NSTATES];
     size_t ntasks;
+    int paused; /* claims skip it */
 } qqueue;
 
 #define TP_BUCKETS 10
@@ -735,7 +736,7 @@ static int qc_claim(th_store *s, const th__claim *cl, int64_t now, th_task **out
     if (cl->nqueues) {
         for (size_t i = 0; i < cl->nqueues; i++) {
             qqueue *q = queue_get(c, cl->queues[i], 0);
-            if (q)
+            if (q && !q->paused)
                 qs[nq++] = q;
         }
     }
@@ -749,6 +750,8 @@ static int qc_claim(th_store *s, const th__claim *cl, int64_t now, th_task **out
             }
         } else {
             for (qqueue *q = c->queues; q; q = q->hh.next) {
+                if (q->paused)
+                    continue;
                 qtask *top = th__heap_top(&q->ready);
                 if (top && (!best || ready_less(top, best)))
                     best = top;
@@ -1198,6 +1201,7 @@ static int qc_counts(th_store *s, th_queue_counts **out, size_t *n)
         size_t i = 0;
         for (qqueue *q = c->queues; q; q = q->hh.next, i++) {
             snprintf(v[i].queue, sizeof v[i].queue, "%s", q->name);
+            v[i].paused = q->paused;
             memcpy(v[i].counts, q->counts, sizeof q->counts);
         }
     }
@@ -1236,6 +1240,45 @@ static int qc_prune(th_store *s, int64_t before, int64_t now)
         unlink_task(c, t);
         JOURNAL(c, remove, t);
         th__qcore_task_free(t);
+        n++;
+    }
+    pthread_mutex_unlock(&c->mu);
+    return n;
+}
+
+static int qc_queue_pause(th_store *s, const char *name, int paused, th__evbuf *ev)
+{
+    qcore *c = CORE(s);
+    pthread_mutex_lock(&c->mu);
+    qqueue *q = queue_get(c, name, 1);
+    int rc = q ? 0 : TH_ENOMEM;
+    if (q && q->paused != !!paused) {
+        q->paused = !!paused;
+        JOURNAL(c, queue, q->name, q->paused);
+        if (!q->paused && q->ready.n)
+            ev->ready_all = 1; /* its waiting tasks can go out now */
+    }
+    pthread_mutex_unlock(&c->mu);
+    return rc;
+}
+
+static int qc_queue_purge(th_store *s, const char *name, const char *reason, int64_t now,
+                          th__evbuf *ev)
+{
+    qcore *c = CORE(s);
+    int n = 0;
+    pthread_mutex_lock(&c->mu);
+    qqueue *q = queue_get(c, name, 0);
+    for (qtask *t = c->head; q && t; t = t->next) {
+        if (t->q != q || (t->state != TH_TASK_PENDING && t->state != TH_TASK_SCHEDULED &&
+                          t->state != TH_TASK_BLOCKED))
+            continue;
+        set_str(&t->error, reason ? reason : "purged");
+        t->finished_at = now;
+        move(c, t, TH_TASK_CANCELLED, now, ev);
+        JOURNAL(c, update, t);
+        emit(ev, TH_EV_CANCELLED, t, t->error, now);
+        cascade(c, t, now, ev);
         n++;
     }
     pthread_mutex_unlock(&c->mu);
@@ -1337,6 +1380,8 @@ static const th__store_ops qcore_ops = {
     .counts = qc_counts,
     .stats = qc_stats,
     .prune = qc_prune,
+    .queue_pause = qc_queue_pause,
+    .queue_purge = qc_queue_purge,
     .tick = qc_tick,
     .flush = qc_flush,
     .free = qc_free,
@@ -1398,6 +1443,15 @@ int th__qcore_load_task(th_store *s, qtask *t, const char *queue)
 int th__qcore_load_log(th_store *s, qtask *t, const qlog *l)
 {
     return append_log(CORE(s), t, l, l->seq);
+}
+
+int th__qcore_load_queue(th_store *s, const char *name, int paused)
+{
+    qqueue *q = queue_get(CORE(s), name, 1);
+    if (!q)
+        return TH_ENOMEM;
+    q->paused = !!paused;
+    return 0;
 }
 
 const char *th__qcore_queue_name(const qtask *t)

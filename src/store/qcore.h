@@ -71,6 +71,8 @@ typedef struct th__journal {
     /* Log rows of t with seq <= upto were dropped (max_logs_per_task). */
     void (*log_trim)(void *ud, const qtask *t, int64_t upto);
     void (*remove)(void *ud, const qtask *t);
+    /* A queue was paused or resumed. */
+    void (*queue)(void *ud, const char *name, int paused);
     void *ud;
 } th__journal;
 
@@ -88,6 +90,8 @@ void th__qcore_task_free(qtask *t);
 int th__qcore_load_task(th_store *core, qtask *t, const char *queue);
 /* Appends a loaded log row to task `t` (message and data are copied). */
 int th__qcore_load_log(th_store *core, qtask *t, const qlog *l);
+/* Marks queue `name` paused while loading (creating it). */
+int th__qcore_load_queue(th_store *core, const char *name, int paused);
 /* The name of t's queue. */
 const char *th__qcore_queue_name(const qtask *t);
 /* Looks a loaded task up by id. */

@@ -35,9 +35,9 @@
 #include "store/qcore.h"
 
 #define APP_ID 0x54486976 /* "THiv" */
-#define SCHEMA_VERSION 1
+#define SCHEMA_VERSION 2
 
-enum { J_INSERT, J_UPDATE, J_LOG, J_LOG_TRIM, J_DELETE };
+enum { J_INSERT, J_UPDATE, J_LOG, J_LOG_TRIM, J_DELETE, J_QUEUE };
 
 /* A copy of what one change wrote, owned by the journal until applied. */
 typedef struct jrec {
@@ -64,8 +64,8 @@ typedef struct sqstore {
     th_store *core;
     sqlite3 *db;
     char *path;
-    sqlite3_stmt *ins_task, *ins_payload, *upd_task, *ins_log, *trim_logs, *del_task, *del_payload,
-        *del_logs;
+    sqlite3_stmt *ins_task, *ins_payload, *upd_task, *ins_log, *trim_logs, *set_queue, *del_task,
+        *del_payload, *del_logs;
 
     pthread_mutex_t jmu;
     pthread_cond_t jcv;    /* the writer waits for records */
@@ -215,6 +215,20 @@ static void j_log_trim(void *ud, const qtask *t, int64_t upto)
     jpush(ud, r);
 }
 
+static void j_queue(void *ud, const char *name, int paused)
+{
+    jrec *r = th__calloc(1, sizeof *r);
+    if (r) {
+        r->kind = J_QUEUE;
+        r->cancel_requested = paused; /* reused: the queue's paused flag */
+        if (!(r->queue = th__strdup(name))) {
+            jrec_free(r);
+            r = NULL;
+        }
+    }
+    jpush(ud, r);
+}
+
 static void j_remove(void *ud, const qtask *t)
 {
     jrec *r = th__calloc(1, sizeof *r);
@@ -305,6 +319,10 @@ static int apply(sqstore *q, const jrec *r)
         bind_text(q->ins_log, 6, r->log.message);
         bind_text(q->ins_log, 7, r->log.data);
         return step_reset(q->ins_log);
+    case J_QUEUE:
+        bind_text(q->set_queue, 1, r->queue);
+        sqlite3_bind_int(q->set_queue, 2, r->cancel_requested);
+        return step_reset(q->set_queue);
     case J_LOG_TRIM:
         sqlite3_bind_text(q->trim_logs, 1, r->id, TH_ID_LEN, SQLITE_STATIC);
         sqlite3_bind_int64(q->trim_logs, 2, r->log.seq);
@@ -519,6 +537,27 @@ static int sq_prune(th_store *s, int64_t before, int64_t now)
     return rc ? rc : n;
 }
 
+static int sq_queue_pause(th_store *s, const char *queue, int paused, th__evbuf *ev)
+{
+    sqstore *q = SQ(s);
+    int rc = failed(q);
+    if (rc)
+        return rc;
+    rc = CORE_OPS(q)->queue_pause(q->core, queue, paused, ev);
+    return rc == 0 ? wait_durable(q) : rc;
+}
+
+static int sq_queue_purge(th_store *s, const char *queue, const char *reason, int64_t now,
+                          th__evbuf *ev)
+{
+    sqstore *q = SQ(s);
+    if (failed(q))
+        return TH_EIO;
+    int n = CORE_OPS(q)->queue_purge(q->core, queue, reason, now, ev);
+    int rc = n > 0 ? wait_durable(q) : 0;
+    return rc ? rc : n;
+}
+
 static int sq_tick(th_store *s, int64_t now, int64_t *next, th__evbuf *ev)
 {
     if (failed(SQ(s))) {
@@ -550,8 +589,8 @@ static void sq_free(th_store *s)
         jrec_free(q->head);
         q->head = next;
     }
-    sqlite3_stmt *stmts[] = {q->ins_task,  q->ins_payload, q->upd_task,    q->ins_log,
-                             q->trim_logs, q->del_task,    q->del_payload, q->del_logs};
+    sqlite3_stmt *stmts[] = {q->ins_task,  q->ins_payload, q->upd_task,    q->ins_log, q->trim_logs,
+                             q->set_queue, q->del_task,    q->del_payload, q->del_logs};
     for (size_t i = 0; i < sizeof stmts / sizeof stmts[0]; i++)
         sqlite3_finalize(stmts[i]);
     if (q->db)
@@ -583,6 +622,8 @@ static const th__store_ops sqlite_ops = {
     .counts = sq_counts,
     .stats = sq_stats,
     .prune = sq_prune,
+    .queue_pause = sq_queue_pause,
+    .queue_purge = sq_queue_purge,
     .tick = sq_tick,
     .flush = sq_flush,
     .free = sq_free,
@@ -608,6 +649,8 @@ static const char *const migrations[SCHEMA_VERSION] = {
     "CREATE TABLE task_logs (task_id TEXT NOT NULL, seq INTEGER NOT NULL,"
     " time_ms INTEGER NOT NULL, level INTEGER NOT NULL, attempt INTEGER NOT NULL,"
     " message TEXT NOT NULL, data TEXT, PRIMARY KEY (task_id, seq)) WITHOUT ROWID;",
+    /* 1 -> 2: queues can be paused. */
+    "CREATE TABLE queues (name TEXT PRIMARY KEY, paused INTEGER NOT NULL) WITHOUT ROWID;",
 };
 
 #define MUTABLE_SET                                                                                \
@@ -703,6 +746,23 @@ static int prepare_schema(sqstore *q, th_error *err)
 static const char *col_text(sqlite3_stmt *st, int i)
 {
     return (const char *)sqlite3_column_text(st, i);
+}
+
+static int load_queues(sqstore *q, th_error *err)
+{
+    sqlite3_stmt *st;
+    int rc = sqlite3_prepare_v2(q->db, "SELECT name, paused FROM queues", -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return fail_db(q, err, code_of(rc), "cannot read queues");
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *name = col_text(st, 0);
+        if (name && th__qcore_load_queue(q->core, name, sqlite3_column_int(st, 1))) {
+            sqlite3_finalize(st);
+            return th__err(err, TH_ENOMEM, NULL, "out of memory loading %s", q->path);
+        }
+    }
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? 0 : fail_db(q, err, code_of(rc), "cannot read queues");
 }
 
 static int load_tasks(sqstore *q, th_error *err)
@@ -888,6 +948,7 @@ th_store *th__sqlite_store_open(const char *path, const th_store_options *opts, 
         {&q->ins_log, "INSERT OR REPLACE INTO task_logs (task_id, seq, time_ms, level, attempt,"
                       " message, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"},
         {&q->trim_logs, "DELETE FROM task_logs WHERE task_id=?1 AND seq<=?2"},
+        {&q->set_queue, "INSERT OR REPLACE INTO queues (name, paused) VALUES (?1, ?2)"},
         {&q->del_task, "DELETE FROM tasks WHERE seq=?1"},
         {&q->del_payload, "DELETE FROM task_payloads WHERE seq=?1"},
         {&q->del_logs, "DELETE FROM task_logs WHERE task_id=?1"},
@@ -899,9 +960,9 @@ th_store *th__sqlite_store_open(const char *path, const th_store_options *opts, 
             goto fail;
         }
     }
-    if (load_tasks(q, err))
+    if (load_queues(q, err) || load_tasks(q, err))
         goto fail;
-    th__journal j = {j_insert, j_update, j_log, j_log_trim, j_remove, q};
+    th__journal j = {j_insert, j_update, j_log, j_log_trim, j_remove, j_queue, q};
     th__qcore_set_journal(q->core, &j);
     if (pthread_create(&q->writer, NULL, writer_main, q) != 0) {
         th__err(err, TH_ENOMEM, NULL, "cannot start the writer thread");

@@ -118,6 +118,10 @@ typedef struct th__store_ops {
     int (*counts)(th_store *s, th_queue_counts **out, size_t *n);
     int (*stats)(th_store *s, int64_t now, th__store_stats *out);
     int (*prune)(th_store *s, int64_t finished_before, int64_t now);
+    int (*queue_pause)(th_store *s, const char *queue, int paused, th__evbuf *ev);
+    /* Returns the number of the queue's tasks cancelled, or a negative code. */
+    int (*queue_purge)(th_store *s, const char *queue, const char *reason, int64_t now,
+                       th__evbuf *ev);
     /* Applies deadlines due at `now`; *next gets the next deadline
      * (INT64_MAX when none). Returns the number of tasks changed. */
     int (*tick)(th_store *s, int64_t now, int64_t *next, th__evbuf *ev);
