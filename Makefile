@@ -15,7 +15,7 @@ BUILD   ?= build
 SAN     ?=
 
 CC      ?= cc
-PKGS    := sqlite3 jansson libsodium libzstd zlib libcurl
+PKGS    := sqlite3 jansson libsodium libzstd zlib libcurl libevent libevent_pthreads inih
 DEPCFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 DEPLIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lsqlite3 -ljansson)
 
@@ -36,7 +36,10 @@ override CFLAGS  += -fsanitize=thread -fno-omit-frame-pointer
 LDFLAGS += -fsanitize=thread
 endif
 
-LIB_SRC   := $(sort $(wildcard src/*/*.c))
+LIB_SRC   := $(sort $(filter-out src/cli/%,$(wildcard src/*/*.c)))
+CLI_SRC   := $(sort $(wildcard src/cli/*.c))
+CLI_OBJ   := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
+CLI_BIN   := $(BUILD)/taskhive
 LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 TEST_SRC  := $(sort $(wildcard tests/unit/*_test.c))
 TEST_BIN  := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
@@ -51,7 +54,7 @@ STATIC := $(BUILD)/libtaskhive.a
 SHARED := $(BUILD)/libtaskhive.so.0
 
 .PHONY: all check test tsan bench run install clean lint deps format
-all: $(STATIC) $(SHARED) $(EX_BIN)
+all: $(STATIC) $(SHARED) $(CLI_BIN) $(EX_BIN)
 
 deps:
 	@sh scripts/install-deps.sh
@@ -67,6 +70,9 @@ $(STATIC): $(LIB_OBJ)
 $(SHARED): $(LIB_OBJ)
 	$(CC) -shared -Wl,-soname,libtaskhive.so.0 $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
+$(CLI_BIN): $(CLI_OBJ) $(STATIC)
+	$(CC) $(LDFLAGS) -o $@ $(CLI_OBJ) $(STATIC) $(LDLIBS)
+
 $(BUILD)/tests/%: tests/unit/%.c $(TEST_HOBJ) $(STATIC)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests/lib $(LDFLAGS) -o $@ $< $(TEST_HOBJ) $(STATIC) -lcmocka $(LDLIBS)
@@ -80,8 +86,8 @@ $(BUILD)/examples/%: examples/%.c $(STATIC)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(STATIC) $(LDLIBS)
 
 # Runs every unit test binary of one build; prints per-binary results.
-test: $(TEST_BIN) $(EX_BIN)
-	@sh tests/run.sh $(BUILD) $(TEST_BIN)
+test: $(TEST_BIN) $(EX_BIN) $(CLI_BIN)
+	@TH_TASKHIVE_BIN=$(CURDIR)/$(CLI_BIN) sh tests/run.sh $(BUILD) $(TEST_BIN)
 
 check: deps lint
 	@rm -f build/results.txt build/asan/results.txt build/tsan/results.txt
@@ -111,7 +117,9 @@ lint:
 format:
 	clang-format -i $$(find src include tests bench examples -name '*.[ch]')
 
-install: $(STATIC) $(SHARED)
+install: $(STATIC) $(SHARED) $(CLI_BIN)
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 755 $(CLI_BIN) $(DESTDIR)$(PREFIX)/bin/taskhive
 	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include/taskhive $(DESTDIR)$(PREFIX)/lib/pkgconfig
 	install -m 644 $(STATIC) $(DESTDIR)$(PREFIX)/lib/
 	install -m 755 $(SHARED) $(DESTDIR)$(PREFIX)/lib/
@@ -123,4 +131,4 @@ install: $(STATIC) $(SHARED)
 clean:
 	rm -rf build
 
--include $(LIB_OBJ:.o=.d) $(TEST_HOBJ:.o=.d)
+-include $(LIB_OBJ:.o=.d) $(TEST_HOBJ:.o=.d) $(CLI_OBJ:.o=.d)

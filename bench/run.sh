@@ -3,7 +3,7 @@
 # ("<name> <value> <unit>" lines), then '#' comment lines saying when and on
 # what machine they ran, so a pasted result carries its context.
 #
-#   sh bench/run.sh BUILD_DIR [ARGS...]     ARGS go to engine_bench (--quick, --only P)
+#   sh bench/run.sh BUILD_DIR [ARGS...]     ARGS go to every benchmark (--quick, --only P)
 set -eu
 
 if [ $# -lt 1 ]; then
@@ -13,14 +13,15 @@ fi
 build=$1
 shift
 
-bin=$build/bench/engine_bench
-if [ ! -x "$bin" ]; then
-    echo "bench/run.sh: $bin is missing; build it with 'make bench'" >&2
-    exit 1
-fi
-
 status=0
-"$bin" "$@" || status=$?
+for name in engine_bench pool_bench; do
+    bin=$build/bench/$name
+    if [ ! -x "$bin" ]; then
+        echo "bench/run.sh: $bin is missing; build it with 'make bench'" >&2
+        exit 1
+    fi
+    "$bin" "$@" || status=$?
+done
 
 cpu=$(sed -n 's/^model name[[:space:]]*:[[:space:]]*//p' /proc/cpuinfo 2>/dev/null | head -n 1)
 if [ -z "$cpu" ] && command -v lscpu >/dev/null 2>&1; then

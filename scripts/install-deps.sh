@@ -8,7 +8,7 @@ set -eu
 
 PKGS="build-essential pkg-config libsqlite3-dev sqlite3 libjansson-dev \
 libcmocka-dev uthash-dev libsodium-dev libzstd-dev zlib1g-dev \
-libcurl4-openssl-dev"
+libcurl4-openssl-dev libevent-dev libinih-dev curl"
 
 missing=""
 for p in $PKGS; do
