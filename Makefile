@@ -1,11 +1,12 @@
 # taskhive — plain GNU Makefile.
 #
 #   make            library (static + shared) and programs
-#   make check      unit tests plainly, under ASan+UBSan and under TSan, then
-#                   the summary line "N passed, N failed"
+#   make check      unit tests plainly, under ASan+UBSan and under TSan, a
+#                   bounded libFuzzer run, then the line "N passed, N failed"
 #   make tsan       the tests under ThreadSanitizer only
 #   make bench      benchmarks; prints "<name> <value> <unit>" lines
-#   make run        the main job (installs what is missing first)
+#   make run        the main job: the daemon on 127.0.0.1:7070 (installs what is missing)
+#   make demo       a small library demo on a SQLite file
 #   make install    PREFIX=/usr/local DESTDIR=
 #   make lint       bans unsafe libc calls; clang-format check when present
 
@@ -31,6 +32,10 @@ ifeq ($(SAN),asan)
 override CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 LDFLAGS += -fsanitize=address,undefined
 endif
+ifeq ($(SAN),fuzz)
+override CFLAGS  += -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer
+LDFLAGS += -fsanitize=fuzzer,address,undefined
+endif
 ifeq ($(SAN),tsan)
 override CFLAGS  += -fsanitize=thread -fno-omit-frame-pointer
 LDFLAGS += -fsanitize=thread
@@ -53,7 +58,8 @@ EX_BIN    := $(EX_SRC:examples/%.c=$(BUILD)/examples/%)
 STATIC := $(BUILD)/libtaskhive.a
 SHARED := $(BUILD)/libtaskhive.so.0
 
-.PHONY: all check test tsan bench run install clean lint deps format
+.PHONY: all check test tsan bench run demo install clean lint deps format fuzz fuzz-build
+FUZZ_SECONDS ?= 20
 all: $(STATIC) $(SHARED) $(CLI_BIN) $(EX_BIN)
 
 deps:
@@ -94,16 +100,35 @@ check: deps lint
 	@$(MAKE) --no-print-directory test BUILD=build
 	@$(MAKE) --no-print-directory test BUILD=build/asan SAN=asan OPT="-O1 -g"
 	@$(MAKE) --no-print-directory test BUILD=build/tsan SAN=tsan OPT="-O1 -g"
+	@$(MAKE) --no-print-directory fuzz
 	@sh tests/summary.sh build/results.txt build/asan/results.txt build/tsan/results.txt
 
 tsan:
 	@$(MAKE) --no-print-directory test BUILD=build/tsan SAN=tsan OPT="-O1 -g"
+	@$(MAKE) --no-print-directory fuzz
 	@sh tests/summary.sh build/tsan/results.txt
+
+# libFuzzer (clang): request parsing and JSON decoding; FUZZ_SECONDS bounds the run.
+fuzz:
+	@$(MAKE) --no-print-directory fuzz-build BUILD=build/fuzz SAN=fuzz CC=clang OPT="-O1 -g"
+	@mkdir -p build/fuzz/corpus && cp tests/fuzz/corpus/* build/fuzz/corpus/
+	@build/fuzz/fuzz_request -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -timeout=10 \
+	    -rss_limit_mb=4096 -print_final_stats=1 build/fuzz/corpus > build/fuzz/fuzz.log 2>&1; \
+	    rc=$$?; grep -E '^(Done|stat::number|==[0-9]+==ERROR|SUMMARY)' build/fuzz/fuzz.log; \
+	    [ $$rc -eq 0 ] || { echo "fuzz: failure, see build/fuzz/fuzz.log"; exit 1; }
+
+fuzz-build: $(BUILD)/fuzz_request
+
+$(BUILD)/fuzz_request: tests/fuzz/fuzz_request.c $(STATIC)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(STATIC) $(LDLIBS)
 
 bench: $(BENCH_BIN)
 	@sh bench/run.sh $(BUILD)
 
 run: deps all
+	$(CLI_BIN) serve
+
+demo: deps all
 	$(BUILD)/examples/demo
 
 lint:

@@ -8,7 +8,8 @@ set -eu
 
 PKGS="build-essential pkg-config libsqlite3-dev sqlite3 libjansson-dev \
 libcmocka-dev uthash-dev libsodium-dev libzstd-dev zlib1g-dev \
-libcurl4-openssl-dev libevent-dev libinih-dev curl"
+libcurl4-openssl-dev libevent-dev libinih-dev curl clang \
+libclang-rt-14-dev"
 
 missing=""
 for p in $PKGS; do

@@ -113,21 +113,11 @@ json_t *th__req_body(th__req *q, size_t max)
 
 int th__req_known_fields(th__req *q, json_t *obj, const char *const *allowed, const char *prefix)
 {
-    const char *key;
-    json_t *val;
-    json_object_foreach(obj, key, val)
-    {
-        int ok = 0;
-        for (const char *const *a = allowed; *a && !ok; a++)
-            ok = strcmp(*a, key) == 0;
-        if (!ok) {
-            char field[160];
-            snprintf(field, sizeof field, "%s%.100s", prefix ? prefix : "", key);
-            th__reply_error(q, 400, "EINVAL", field, "unknown field '%s'", field);
-            return -1;
-        }
-    }
-    return 0;
+    th_error err;
+    int rc = th__json_known_fields(obj, allowed, prefix, &err);
+    if (rc)
+        th__reply_engine_error(q, rc, &err);
+    return rc;
 }
 
 const char *th__req_param(th__req *q, const char *name)
@@ -177,9 +167,7 @@ static int authenticate(th__req *q)
     return 0;
 }
 
-/* Splits the path into segments; refuses anything but [A-Za-z0-9_.:-] in
- * them (ids and queue names need nothing else). */
-static int split_path(th__req *q, const char *path)
+int th__path_split(th__req *q, const char *path)
 {
     size_t n = strlen(path);
     if (n == 0 || n >= sizeof q->path || path[0] != '/')
@@ -213,7 +201,7 @@ void th__http_dispatch(struct evhttp_request *r, void *arg)
     const char *uri = evhttp_request_get_uri(r);
     struct evhttp_uri *u = evhttp_uri_parse(uri);
     const char *path = u ? evhttp_uri_get_path(u) : NULL;
-    if (!u || !path || split_path(&q, path) != 0) {
+    if (!u || !path || th__path_split(&q, path) != 0) {
         snprintf(q.path, sizeof q.path, "(bad path)");
         th__reply_error(&q, 404, "EROUTE", "", "no such route");
         if (u)

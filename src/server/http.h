@@ -86,6 +86,9 @@ json_t *th__req_body(th__req *q, size_t max);
 /* Refuses (400, naming it) the first key of `obj` not in `allowed`
  * (NULL-terminated). Returns 0 when all keys are known. */
 int th__req_known_fields(th__req *q, json_t *obj, const char *const *allowed, const char *prefix);
+/* Splits `path` into q->seg (at most 8 segments of [A-Za-z0-9_.:-], which is
+ * all ids and queue names need). Returns 0, or -1 for anything else. */
+int th__path_split(th__req *q, const char *path);
 /* A query parameter or NULL. */
 const char *th__req_param(th__req *q, const char *name);
 /* 1 when the caller may act with `scope`; otherwise replies 403. */
@@ -97,11 +100,14 @@ json_t *th__json_task(const th_task *t);
 /* Parses a JSON text the engine stored (always valid); NULL text gives null. */
 json_t *th__json_raw(const char *text);
 /* Fills `spec` from a submit object. Strings in `spec` point into `obj` or
- * into `*owned` (a list of texts to free with th__json_owned_free). Returns 0
- * or replies 400 naming the field (with `prefix`, e.g. "tasks[3].") and
- * returns -1. */
-int th__json_spec(th__req *q, json_t *obj, const char *prefix, th_task_spec *spec, char ***owned,
-                  size_t *nowned);
+ * into `*owned` (texts to free with th__json_owned_free, also on failure).
+ * Returns 0 or a TH_E* code with `err` naming the field (with `prefix`, e.g.
+ * "tasks[3]."). Pure: no I/O, so the fuzzer can drive it. */
+int th__spec_parse(json_t *obj, const char *prefix, th_task_spec *spec, char ***owned,
+                   size_t *nowned, th_error *err);
+/* Refuses the first key of `obj` not in `allowed` (NULL-terminated). */
+int th__json_known_fields(json_t *obj, const char *const *allowed, const char *prefix,
+                          th_error *err);
 void th__json_owned_free(char **owned, size_t n);
 json_t *th__json_event(const th__ring_ev *e);
 

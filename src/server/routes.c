@@ -47,10 +47,12 @@ static void submit(th__req *q)
         if (len > s->cfg.max_body) {
             th__reply_error(q, 413, "ETOOBIG", "", "request body is %zu bytes; the limit is %zu",
                             len, s->cfg.max_body);
-        } else if (th__json_spec(q, body, "", &spec, &owned, &nowned) == 0) {
+        } else {
             char id[TH_ID_SIZE];
             th_error err;
-            int rc = th_engine_submit(s->engine, &spec, id, &err);
+            int rc = th__spec_parse(body, "", &spec, &owned, &nowned, &err);
+            if (rc == 0)
+                rc = th_engine_submit(s->engine, &spec, id, &err);
             if (rc < 0)
                 th__reply_engine_error(q, rc, &err);
             else
@@ -74,14 +76,15 @@ static void submit(th__req *q)
         th__reply_error(q, 500, "ENOMEM", "", "out of memory");
         goto out;
     }
-    for (size_t i = 0; i < n; i++) {
+    th_error err;
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
         char prefix[32];
         snprintf(prefix, sizeof prefix, "tasks[%zu].", i);
-        if (th__json_spec(q, json_array_get(tasks, i), prefix, &specs[i], &owned, &nowned))
-            goto out;
+        rc = th__spec_parse(json_array_get(tasks, i), prefix, &specs[i], &owned, &nowned, &err);
     }
-    th_error err;
-    int rc = th_engine_submit_batch(s->engine, specs, n, ids, &err);
+    if (rc == 0)
+        rc = th_engine_submit_batch(s->engine, specs, n, ids, &err);
     if (rc < 0) {
         th__reply_engine_error(q, rc, &err);
         goto out;
