@@ -317,6 +317,7 @@ void th__pool_finish(th__worker *w, th_task *t, int rc, const char *result, cons
         erc = th_engine_fail(p->e, t->id, t->lease, error ? error : "handler failed", flags, &err);
     }
     int ok = rc == TH_HANDLER_OK && erc == 0;
+    th__held_drop(w, t->id);
     pthread_mutex_lock(&p->mu);
     if (ok)
         w->completed++;
@@ -351,6 +352,59 @@ void th__pool_nudge_locked(th_pool *p, int64_t deadline_ns)
 {
     if (p->stopping || deadline_ns < p->manager_wake_ns)
         pthread_cond_broadcast(&p->cv);
+}
+
+void th__held_set(th__worker *w, th_task *const *tasks, int n)
+{
+    th_pool *p = w->pool;
+    pthread_mutex_lock(&p->mu);
+    for (int i = 0; i < n && w->nheld < TH__MAX_HELD; i++) {
+        th__held *h = &w->held[w->nheld++];
+        memcpy(h->id, tasks[i]->id, TH_ID_SIZE);
+        h->lease = tasks[i]->lease;
+        h->cancel = 0;
+    }
+    if (!w->next_hb_ns)
+        w->next_hb_ns = th__mono_ns() + p->o.lease_ms * 1000000 / 3;
+    th__pool_nudge_locked(p, w->next_hb_ns);
+    pthread_mutex_unlock(&p->mu);
+}
+
+void th__held_drop(th__worker *w, const char *id)
+{
+    th_pool *p = w->pool;
+    pthread_mutex_lock(&p->mu);
+    for (int i = 0; i < w->nheld; i++) {
+        if (strcmp(w->held[i].id, id) == 0) {
+            w->held[i] = w->held[--w->nheld];
+            break;
+        }
+    }
+    if (!w->nheld)
+        w->next_hb_ns = 0;
+    pthread_mutex_unlock(&p->mu);
+}
+
+static int held_cancelled_locked(const th__worker *w, const char *id)
+{
+    for (int i = 0; i < w->nheld; i++)
+        if (strcmp(w->held[i].id, id) == 0)
+            return w->held[i].cancel;
+    return 0;
+}
+
+int th__held_cancelled(th__worker *w, const char *id)
+{
+    pthread_mutex_lock(&w->pool->mu);
+    int c = held_cancelled_locked(w, id);
+    pthread_mutex_unlock(&w->pool->mu);
+    return c;
+}
+
+void th__pool_release(th__worker *w, th_task *t, const char *why)
+{
+    th_engine_fail(w->pool->e, t->id, t->lease, why, TH_FAIL_RELEASE, NULL);
+    th__held_drop(w, t->id);
 }
 
 /* ---- thread workers ------------------------------------------------------------ */
@@ -414,10 +468,11 @@ static int run_in_thread(th__worker *w, th_task *t, int defer, char **result, in
     w->lease = t->lease;
     w->busy_since_ns = t0;
     w->deadline_ns = t0 + (timeout + p->o.timeout_grace_ms) * 1000000;
-    w->next_hb_ns = t0 + p->o.lease_ms * 1000000 / 3;
-    if (p->stopping)
+    /* Past the stop's grace, or cancelled while waiting its turn: stop at
+     * once. (During the grace a task runs normally.) */
+    if (p->stop_deadline_ns || held_cancelled_locked(w, t->id))
         atomic_store(&ctx.stop, 1);
-    th__pool_nudge_locked(p, w->deadline_ns < w->next_hb_ns ? w->deadline_ns : w->next_hb_ns);
+    th__pool_nudge_locked(p, w->deadline_ns);
     pthread_mutex_unlock(&p->mu);
     th__pool_emit(p, TH_PEV_TASK_ASSIGNED, w->id, t->id, NULL, t->attempt);
 
@@ -499,6 +554,7 @@ static void flush_deferred(th__worker *w, deferred *d)
             w->failed++;
         th__pool_account(p, d->t[i], 0, ok, now);
         pthread_mutex_unlock(&p->mu);
+        th__held_drop(w, d->t[i]->id);
         th__pool_emit(p, ok ? TH_PEV_TASK_COMPLETED : TH_PEV_WORKER_ERROR, w->id, d->t[i]->id,
                       ok ? NULL : th_strerror(rc < 0 ? rc : d->c[i].rc), 0);
         th__free(d->result[i]);
@@ -573,7 +629,7 @@ static void *thread_worker_main(void *arg)
     const char *why = "stopped";
     th_task *tasks[64];
     for (;;) {
-        if (w->stop)
+        if (th__worker_stopping(w))
             break;
         th_claim_options co = {
             .queues = p->queues,
@@ -592,7 +648,7 @@ static void *thread_worker_main(void *arg)
             break;
         }
         if (n == 0) {
-            if (w->stop)
+            if (th__worker_stopping(w))
                 break;
             pthread_mutex_lock(&p->mu);
             int retire = should_retire_idle(p, w);
@@ -603,12 +659,19 @@ static void *thread_worker_main(void *arg)
             }
             continue;
         }
+        th__held_set(w, tasks, n);
         deferred d;
         d.n = 0;
         int64_t end_ns = 0;
         for (int i = 0; i < n; i++) {
             if (d.n && end_ns - d.oldest_ns > DEFER_MAX_NS)
                 flush_deferred(w, &d);
+            if (th__worker_stopping(w)) {
+                /* Stopping: what has not started goes back untouched. */
+                th__pool_release(w, tasks[i], "pool stopping");
+                th_task_free(tasks[i]);
+                continue;
+            }
             char *result = NULL;
             int r = run_in_thread(w, tasks[i], n > 1, &result, &end_ns);
             if (r == RUN_DEFERRED) {
@@ -620,15 +683,16 @@ static void *thread_worker_main(void *arg)
                 continue;
             }
             if (r == RUN_ABANDONED) {
-                /* Hand back the rest of the batch and leave; the finished
-                 * ones are completed first. */
-                flush_deferred(w, &d);
-                for (int k = i + 1; k < n; k++) {
-                    th_engine_fail(p->e, tasks[k]->id, tasks[k]->lease, "worker abandoned",
-                                   TH_FAIL_RELEASE, NULL);
-                    th_task_free(tasks[k]);
+                /* Whoever abandoned this worker settled every task it held
+                 * (the overrunning one timed out, the others were handed
+                 * back), and the engine may be gone by now: touch nothing
+                 * but our own memory. */
+                for (int k = 0; k < d.n; k++) {
+                    th__free(d.result[k]);
+                    th_task_free(d.t[k]);
                 }
-                th_task_free(tasks[i]);
+                for (int k = i; k < n; k++)
+                    th_task_free(tasks[k]);
                 abandoned_exit(w);
                 return NULL;
             }
@@ -638,6 +702,10 @@ static void *thread_worker_main(void *arg)
         if (p->o.recycle_after && w->ran >= (uint64_t)p->o.recycle_after) {
             /* Replace 1:1 before leaving, so recycling never shrinks the pool. */
             pthread_mutex_lock(&p->mu);
+            if (w->counted) { /* hand this worker's place to its replacement */
+                w->counted = 0;
+                p->live--;
+            }
             int id = p->stopping ? 0 : th__pool_spawn_locked(p);
             pthread_mutex_unlock(&p->mu);
             if (id > 0)
@@ -845,20 +913,22 @@ static void *manager_main(void *arg)
         if (next_health < next)
             next = next_health;
         for (th__worker *w = p->workers; w; w = w->next) {
-            if (w->state != TH_WORKER_BUSY || w->abandoned || !w->current[0])
+            if (w->abandoned || w->exited)
                 continue;
-            int overrun = p->o.mode == TH_POOL_THREADS && w->deadline_ns && now >= w->deadline_ns;
-            if ((overrun || now >= w->next_hb_ns) && n < 256) {
-                items[n].worker = w->id;
-                memcpy(items[n].id, w->current, TH_ID_SIZE);
-                items[n].lease = w->lease;
-                items[n].overrun = overrun;
-                n++;
-                w->next_hb_ns = now + p->o.lease_ms * 1000000 / 3;
-            }
+            int overrun = p->o.mode == TH_POOL_THREADS && w->state == TH_WORKER_BUSY &&
+                          w->current[0] && w->deadline_ns && now >= w->deadline_ns;
             if (overrun) {
                 /* The handler ignored its timeout: leave the thread to
-                 * finish alone and put a fresh worker in its place. */
+                 * finish alone and put a fresh worker in its place. The
+                 * running task times out; everything else the worker held
+                 * goes back to the queue (the thread will not report it). */
+                for (int k = 0; k < w->nheld && n < 256; k++, n++) {
+                    items[n].worker = w->id;
+                    memcpy(items[n].id, w->held[k].id, TH_ID_SIZE);
+                    items[n].lease = w->held[k].lease;
+                    items[n].overrun = strcmp(w->held[k].id, w->current) == 0 ? 1 : 2;
+                }
+                w->nheld = 0;
                 w->abandoned = 1;
                 w->state = TH_WORKER_UNHEALTHY;
                 if (w->ctx)
@@ -871,9 +941,22 @@ static void *manager_main(void *arg)
                 respawn++;
                 continue;
             }
-            if (w->next_hb_ns < next)
+            if (w->nheld && now >= w->next_hb_ns) {
+                /* Heartbeat every task the worker holds, not only the one
+                 * running: batch-mates waiting their turn or their batched
+                 * completion must keep their leases too. */
+                for (int k = 0; k < w->nheld && n < 256; k++, n++) {
+                    items[n].worker = w->id;
+                    memcpy(items[n].id, w->held[k].id, TH_ID_SIZE);
+                    items[n].lease = w->held[k].lease;
+                    items[n].overrun = 0;
+                }
+                w->next_hb_ns = now + p->o.lease_ms * 1000000 / 3;
+            }
+            if (w->nheld && w->next_hb_ns < next)
                 next = w->next_hb_ns;
-            if (p->o.mode == TH_POOL_THREADS && w->deadline_ns && w->deadline_ns < next)
+            if (p->o.mode == TH_POOL_THREADS && w->state == TH_WORKER_BUSY && w->deadline_ns &&
+                w->deadline_ns < next)
                 next = w->deadline_ns;
         }
         reap_locked(p);
@@ -891,6 +974,11 @@ static void *manager_main(void *arg)
             th__pool_emit(p, TH_PEV_WORKER_CREATED, 0, NULL, "replacement", 0);
         for (int i = 0; i < n; i++) {
             th_error err;
+            if (items[i].overrun == 2) {
+                th_engine_fail(p->e, items[i].id, items[i].lease, "worker abandoned",
+                               TH_FAIL_RELEASE, &err);
+                continue;
+            }
             if (items[i].overrun) {
                 char msg[160];
                 snprintf(msg, sizeof msg,
@@ -906,11 +994,17 @@ static void *manager_main(void *arg)
             int rc = th_engine_heartbeat(p->e, items[i].id, items[i].lease, 0, &cancel, &err);
             pthread_mutex_lock(&p->mu);
             for (th__worker *w = p->workers; w; w = w->next) {
-                if (w->id != items[i].worker || strcmp(w->current, items[i].id) != 0)
+                if (w->id != items[i].worker)
                     continue;
                 w->last_heartbeat_at = th__wall_ms();
-                if (cancel || rc == TH_ESTALE) {
-                    /* Cancelled, or the lease is gone: stop the handler. */
+                if (!cancel && rc != TH_ESTALE)
+                    break;
+                /* Cancelled, or the lease is gone: a waiting task is skipped
+                 * when its turn comes; a running one is stopped now. */
+                for (int k = 0; k < w->nheld; k++)
+                    if (strcmp(w->held[k].id, items[i].id) == 0)
+                        w->held[k].cancel = 1;
+                if (strcmp(w->current, items[i].id) == 0) {
                     if (w->ctx)
                         atomic_store(&w->ctx->stop, 1);
                     atomic_store(&w->cancel, 1);
@@ -972,7 +1066,9 @@ int th_pool_start(th_pool *p, th_error *err)
         if ((rc = th__pool_spawn_locked(p)) > 0)
             n++;
     pthread_mutex_unlock(&p->mu);
-    if (rc < 0 || pthread_create(&p->manager, NULL, manager_main, p) != 0) {
+    if (rc >= 0 && pthread_create(&p->manager, NULL, manager_main, p) == 0)
+        p->has_manager = 1;
+    if (!p->has_manager) {
         th_pool_stop(p, 0);
         return th__err(err, TH_ENOMEM, NULL, "cannot start workers");
     }
@@ -1148,15 +1244,20 @@ int th_pool_stop(th_pool *p, int64_t grace_ms)
         }
     }
     /* A cooperative handler returns within the grace period; one that
-     * doesn't is abandoned and its task released. */
+     * doesn't is abandoned and what its worker held is released. Process
+     * workers are never abandoned: their child gets SIGKILL after the same
+     * grace, so their threads always come back; wait for them. */
     int64_t hard = th__mono_ns() + p->o.timeout_grace_ms * 1000000;
     for (;;) {
-        int running = 0;
-        for (th__worker *w = p->workers; w; w = w->next)
+        int running = 0, procs = 0;
+        for (th__worker *w = p->workers; w; w = w->next) {
             running += !w->exited && !w->abandoned;
-        if (!running || th__mono_ns() >= hard)
+            procs += !w->exited && p->o.mode == TH_POOL_PROCESSES;
+        }
+        if (!running || (!procs && th__mono_ns() >= hard))
             break;
-        struct timespec ts = th__mono_deadline((hard - th__mono_ns() + 999999) / 1000000);
+        int64_t until = th__mono_ns() >= hard ? th__mono_ns() + 100000000 : hard;
+        struct timespec ts = th__mono_deadline((until - th__mono_ns() + 999999) / 1000000);
         pthread_cond_timedwait(&p->cv, &p->mu, &ts);
     }
     hb_item stuck[256];
@@ -1167,10 +1268,11 @@ int th_pool_stop(th_pool *p, int64_t grace_ms)
         w->abandoned = 1;
         w->state = TH_WORKER_UNHEALTHY;
         p->refs++;
-        if (w->current[0] && nstuck < 256) {
-            memcpy(stuck[nstuck].id, w->current, TH_ID_SIZE);
-            stuck[nstuck++].lease = w->lease;
+        for (int k = 0; k < w->nheld && nstuck < 256; k++, nstuck++) {
+            memcpy(stuck[nstuck].id, w->held[k].id, TH_ID_SIZE);
+            stuck[nstuck].lease = w->held[k].lease;
         }
+        w->nheld = 0;
     }
     p->manager_stop = 1;
     pthread_cond_broadcast(&p->cv);
@@ -1178,8 +1280,10 @@ int th_pool_stop(th_pool *p, int64_t grace_ms)
     for (int i = 0; i < nstuck; i++)
         th_engine_fail(p->e, stuck[i].id, stuck[i].lease, "pool stopped; handler did not return",
                        TH_FAIL_RELEASE, NULL);
-    if (p->started)
+    if (p->has_manager) {
         pthread_join(p->manager, NULL);
+        p->has_manager = 0;
+    }
     pthread_mutex_lock(&p->mu);
     reap_locked(p);
     pthread_mutex_unlock(&p->mu);

@@ -25,6 +25,15 @@ typedef struct th__handler {
     void *ud;
 } th__handler;
 
+/* A task a worker has claimed and not yet reported. */
+typedef struct th__held {
+    char id[TH_ID_SIZE];
+    uint64_t lease;
+    int cancel; /* a heartbeat said cancel was requested */
+} th__held;
+
+#define TH__MAX_HELD 64
+
 typedef struct th__worker {
     struct th__worker *next;
     th_pool *pool;
@@ -38,9 +47,11 @@ typedef struct th__worker {
     int counted;   /* counts toward the live workers */
     char current[TH_ID_SIZE];
     uint64_t lease;
-    th_ctx *ctx;         /* thread mode: the running handler's context */
-    int64_t deadline_ns; /* monotonic: abandon/kill past this (0 = none) */
-    int64_t next_hb_ns;  /* monotonic: next lease heartbeat */
+    th_ctx *ctx;                 /* thread mode: the running handler's context */
+    int64_t deadline_ns;         /* monotonic: abandon/kill past this (0 = none) */
+    int64_t next_hb_ns;          /* monotonic: next lease heartbeat of `held` */
+    th__held held[TH__MAX_HELD]; /* claimed and not yet reported */
+    int nheld;
     int64_t busy_since_ns;
     uint64_t completed, failed, ran;
     int64_t started_at, last_heartbeat_at;
@@ -70,6 +81,7 @@ struct th_pool {
     int started, stopping, manager_stop;
     int64_t stop_deadline_ns;
     pthread_t manager;
+    int has_manager;
     int64_t manager_wake_ns; /* when the sleeping manager will next look (mu) */
     int refs;                /* 1 + abandoned threads still running */
     int freed;               /* th_pool_free ran; abandoned threads free themselves */
@@ -105,8 +117,25 @@ void *th__proc_worker_main(void *arg);
  * is waiting for workers to go idle (mu held). Waking it for every task
  * would cost a context switch per task. */
 void th__pool_nudge_locked(th_pool *p, int64_t deadline_ns);
+/* The worker's stop flag, read with acquire order (it is set by other
+ * threads with release stores). */
+static inline int th__worker_stopping(const th__worker *w)
+{
+    return __atomic_load_n(&w->stop, __ATOMIC_ACQUIRE);
+}
+
 /* Starts one worker (mu held). Returns its id or a negative code. */
 int th__pool_spawn_locked(th_pool *p);
+/* Records the tasks a worker just claimed, so the manager heartbeats them
+ * all (running, waiting their turn, or awaiting a batched completion). */
+void th__held_set(th__worker *w, th_task *const *tasks, int n);
+/* Forgets a task once its outcome has been reported. */
+void th__held_drop(th__worker *w, const char *id);
+/* 1 when a heartbeat found that cancel was requested for a held task. */
+int th__held_cancelled(th__worker *w, const char *id);
+/* Hands back (TH_FAIL_RELEASE) a task the worker will not run, e.g.
+ * because the pool is stopping. */
+void th__pool_release(th__worker *w, th_task *t, const char *why);
 /* Marks a worker's thread as gone and wakes the manager. */
 void th__pool_worker_exit(th__worker *w, const char *why);
 /* Runs the outcome of a handler through the engine and the pool's books. */

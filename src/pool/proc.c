@@ -163,8 +163,11 @@ static void child_main(th_pool *p, int fd)
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_sigterm;
     sigaction(SIGTERM, &sa, NULL);
-    signal(SIGINT, SIG_DFL);
-    signal(SIGPIPE, SIG_DFL);
+    /* The embedding program's handlers (a SIGSEGV handler, say) must not
+     * run in the child: a crash here should be a crash. */
+    for (int sig = 1; sig < NSIG; sig++)
+        if (sig != SIGTERM && sig != SIGKILL && sig != SIGSTOP)
+            signal(sig, SIG_DFL);
     /* Keep stdio and our channel (moved to fd 3); drop every other
      * descriptor inherited from the pool's process (database files, other
      * workers' channels). */
@@ -304,10 +307,10 @@ static int run_in_child(th__worker *w, th_task *t)
     w->lease = t->lease;
     w->busy_since_ns = t0;
     w->deadline_ns = t0 + timeout * 1000000;
-    w->next_hb_ns = t0 + p->o.lease_ms * 1000000 / 3;
+
     w->last_heartbeat_at = th__wall_ms();
     atomic_store(&w->cancel, p->stopping && p->stop_deadline_ns ? 1 : 0);
-    th__pool_nudge_locked(p, w->next_hb_ns);
+    th__pool_nudge_locked(p, INT64_MAX);
     pthread_mutex_unlock(&p->mu);
     th__pool_emit(p, TH_PEV_TASK_ASSIGNED, w->id, t->id, NULL, t->attempt);
 
@@ -434,7 +437,9 @@ static int run_in_child(th__worker *w, th_task *t)
     w->ran++;
     w->last_heartbeat_at = th__wall_ms();
     pthread_mutex_unlock(&p->mu);
-    th__pool_finish(w, t, rc, result, error, end == END_TIMEOUT, run_ns);
+    /* A handler that stopped at its own deadline timed out too. */
+    int timed_out = end == END_TIMEOUT || (rc != TH_HANDLER_OK && run_ns >= timeout * 1000000);
+    th__pool_finish(w, t, rc, result, error, timed_out, run_ns);
     pthread_mutex_lock(&p->mu);
     memset(w->current, 0, sizeof w->current);
     w->lease = 0;
@@ -452,8 +457,11 @@ void *th__proc_worker_main(void *arg)
     char name[32];
     snprintf(name, sizeof name, "pool-process-%d", w->id);
     const char *why = "stopped";
-    w->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (w->wake_fd < 0 || spawn_child(w)) {
+    int wfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    pthread_mutex_lock(&p->mu); /* the manager and stop write to it under mu */
+    w->wake_fd = wfd;
+    pthread_mutex_unlock(&p->mu);
+    if (wfd < 0 || spawn_child(w)) {
         th__pool_emit(p, TH_PEV_WORKER_ERROR, w->id, NULL, "cannot start a worker process", errno);
         why = "cannot start a worker process";
         goto out;
@@ -465,7 +473,7 @@ void *th__proc_worker_main(void *arg)
     uint64_t since_spawn = 0;
     th_task *tasks[64];
     for (;;) {
-        if (w->stop)
+        if (th__worker_stopping(w))
             break;
         th_claim_options co = {
             .queues = p->queues,
@@ -484,7 +492,7 @@ void *th__proc_worker_main(void *arg)
             break;
         }
         if (n == 0) {
-            if (w->stop)
+            if (th__worker_stopping(w))
                 break;
             pthread_mutex_lock(&p->mu);
             int retire = p->live > p->o.min_workers && w->counted;
@@ -499,35 +507,43 @@ void *th__proc_worker_main(void *arg)
             }
             continue;
         }
+        th__held_set(w, tasks, n);
         for (int i = 0; i < n; i++) {
-            int replace = 0;
-            if (w->pid <= 0) {
-                /* A previous task of this batch killed the child. */
-                replace = 1;
+            th_task *t = tasks[i];
+            if (th__worker_stopping(w)) {
+                /* Stopping: what has not started goes back untouched. */
+                th__pool_release(w, t, "pool stopping");
+            } else if (th__held_cancelled(w, t->id)) {
+                th__pool_finish(w, t, TH_HANDLER_RETRY, NULL, "cancelled", 0, 0);
+            } else if (w->pid <= 0 && spawn_child(w) != 0) {
+                /* No process to run it in: hand this and the rest back. */
+                for (int k = i; k < n; k++) {
+                    th__pool_release(w, tasks[k], "worker process lost");
+                    th_task_free(tasks[k]);
+                }
+                th__pool_emit(p, TH_PEV_WORKER_ERROR, w->id, NULL,
+                              "cannot restart the worker process", errno);
+                why = "cannot restart the worker process";
+                goto out;
+            } else if (run_in_child(w, t)) {
+                since_spawn = 0; /* the child died or was killed */
             } else {
-                replace = run_in_child(w, tasks[i]);
                 since_spawn++;
             }
-            if (replace && w->pid <= 0 && (i + 1 < n || !w->stop)) {
-                if (spawn_child(w)) {
-                    th__pool_emit(p, TH_PEV_WORKER_ERROR, w->id, NULL,
-                                  "cannot restart the worker process", errno);
-                    for (int k = i + 1; k < n; k++) {
-                        th_engine_fail(p->e, tasks[k]->id, tasks[k]->lease, "worker lost",
-                                       TH_FAIL_RELEASE, NULL);
-                        th_task_free(tasks[k]);
-                    }
-                    th_task_free(tasks[i]);
-                    why = "cannot restart the worker process";
-                    goto out;
-                }
-                since_spawn = 0;
-                th__pool_emit(p, TH_PEV_WORKER_CREATED, w->id, NULL, "replacement process",
-                              (int)w->pid);
-                if (i + 1 < n && w->pid > 0 && !replace)
-                    continue;
+            th_task_free(t);
+        }
+        /* Replace a child that died at once, so the next task (and the
+         * health check) finds a live process. */
+        if (w->pid <= 0 && !th__worker_stopping(w)) {
+            if (spawn_child(w)) {
+                th__pool_emit(p, TH_PEV_WORKER_ERROR, w->id, NULL,
+                              "cannot restart the worker process", errno);
+                why = "cannot restart the worker process";
+                break;
             }
-            th_task_free(tasks[i]);
+            since_spawn = 0;
+            th__pool_emit(p, TH_PEV_WORKER_CREATED, w->id, NULL, "replacement process",
+                          (int)w->pid);
         }
         if (p->o.recycle_after && since_spawn >= (uint64_t)p->o.recycle_after) {
             close_child(w, SIGTERM);
@@ -542,9 +558,9 @@ void *th__proc_worker_main(void *arg)
     }
 out:
     close_child(w, SIGTERM);
+    pthread_mutex_lock(&p->mu);
     if (w->wake_fd >= 0)
         close(w->wake_fd);
-    pthread_mutex_lock(&p->mu);
     w->wake_fd = -1;
     pthread_mutex_unlock(&p->mu);
     th__pool_worker_exit(w, why);
