@@ -19,7 +19,12 @@ int64_t th__mono_ns(void)
 
 struct timespec th__mono_deadline(int64_t ms)
 {
-    int64_t ns = th__mono_ns() + ms * 1000000;
+    return th__mono_deadline_us(ms * 1000);
+}
+
+struct timespec th__mono_deadline_us(int64_t us)
+{
+    int64_t ns = th__mono_ns() + us * 1000;
     struct timespec ts = {.tv_sec = ns / 1000000000, .tv_nsec = ns % 1000000000};
     return ts;
 }

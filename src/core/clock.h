@@ -13,6 +13,8 @@ int64_t th__mono_ns(void);
 /* An absolute CLOCK_MONOTONIC timespec `ms` from now, for timed waits on
  * condition variables created with th__cond_init_mono. */
 struct timespec th__mono_deadline(int64_t ms);
+/* The same, `us` microseconds from now. */
+struct timespec th__mono_deadline_us(int64_t us);
 
 #include <pthread.h>
 /* Initialises a condition variable that times out on CLOCK_MONOTONIC. */

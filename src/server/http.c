@@ -16,6 +16,10 @@
 
 void th__reply_json(th__req *q, int status, json_t *body)
 {
+    if (!q->r) { /* the client left while its job ran */
+        json_decref(body);
+        return;
+    }
     char *text = body ? json_dumps(body, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
     json_decref(body);
     struct evbuffer *b = evbuffer_new();
@@ -45,7 +49,7 @@ void th__reply_error(th__req *q, int status, const char *code, const char *field
     va_end(ap);
     json_t *body = json_pack("{s:{s:s,s:s,s:s}}", "error", "code", code, "message", msg, "field",
                              field ? field : "");
-    if (status == 429)
+    if (status == 429 && q->r)
         evhttp_add_header(evhttp_request_get_output_headers(q->r), "Retry-After", "1");
     th__log(status >= 500 ? TH_LOG_ERROR : TH_LOG_DEBUG, "http",
             json_pack("{s:s,s:i,s:s}", "path", q->path, "status", status, "code", code),

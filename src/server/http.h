@@ -54,6 +54,7 @@ typedef struct th__server {
     th__sse *sse;
     th__parked *parked;
     th__ext_worker *workers;
+    struct th__exec *exec; /* exec.c */
 } th__server;
 
 /* A request being handled. */

@@ -25,6 +25,7 @@
 
 #include "core/alloc.h"
 #include "core/clock.h"
+#include "server/exec.h"
 #include "server/http.h"
 #include "server/log.h"
 
@@ -53,6 +54,19 @@ static void on_watchdog(evutil_socket_t fd, short what, void *arg)
     sd_notify("WATCHDOG=1");
 }
 
+/* Leaves the loop once every executor job has been answered (checked every
+ * 10 ms while draining), so acknowledged requests get their replies. */
+static void drain_check(evutil_socket_t fd, short what, void *arg)
+{
+    th__server *s = arg;
+    if (th__exec_inflight(s) == 0) {
+        event_base_loopexit(s->base, NULL);
+        return;
+    }
+    struct timeval tv = {0, 10000};
+    event_base_once(s->base, -1, EV_TIMEOUT, drain_check, s, &tv);
+}
+
 static void on_stop(evutil_socket_t sig, short what, void *arg)
 {
     th__server *s = arg;
@@ -67,7 +81,7 @@ static void on_stop(evutil_socket_t sig, short what, void *arg)
     th__stream_close_all(s);
     if (s->pool)
         th_pool_stop(s->pool, s->cfg.drain_grace_ms);
-    event_base_loopexit(s->base, NULL);
+    drain_check(0, 0, s);
 }
 
 static void on_reload(evutil_socket_t sig, short what, void *arg)
@@ -213,6 +227,10 @@ int th__server_main(int argc, char **argv)
         fprintf(stderr, "taskhive: %s\n", err);
         goto out;
     }
+    if (th__exec_start(s, 8) != 0) {
+        fprintf(stderr, "taskhive: cannot start executor threads\n");
+        goto out;
+    }
     evhttp_set_max_headers_size(s->http, 8192);
     evhttp_set_max_body_size(s->http, (ev_ssize_t)s->cfg.max_batch_body + 1);
     evhttp_set_timeout(s->http, s->cfg.request_timeout_s);
@@ -267,6 +285,7 @@ int th__server_main(int argc, char **argv)
     event_free(sig_int);
     event_free(sig_hup);
 out:
+    th__exec_stop(s);
     if (s->http)
         evhttp_free(s->http);
     if (s->pool)
