@@ -122,7 +122,7 @@ fuzz-build: $(BUILD)/fuzz_request
 $(BUILD)/fuzz_request: tests/fuzz/fuzz_request.c $(STATIC)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(STATIC) $(LDLIBS)
 
-bench: $(BENCH_BIN)
+bench: $(BENCH_BIN) $(CLI_BIN)
 	@sh bench/run.sh $(BUILD)
 
 run: deps all

@@ -14,13 +14,13 @@ build=$1
 shift
 
 status=0
-for name in engine_bench pool_bench; do
+for name in engine_bench pool_bench http_bench; do
     bin=$build/bench/$name
     if [ ! -x "$bin" ]; then
         echo "bench/run.sh: $bin is missing; build it with 'make bench'" >&2
         exit 1
     fi
-    "$bin" "$@" || status=$?
+    TH_TASKHIVE_BIN=${TH_TASKHIVE_BIN:-$build/taskhive} "$bin" "$@" || status=$?
 done
 
 cpu=$(sed -n 's/^model name[[:space:]]*:[[:space:]]*//p' /proc/cpuinfo 2>/dev/null | head -n 1)
