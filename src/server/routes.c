@@ -571,68 +571,161 @@ void th__route_dispatch(th__req *q, enum evhttp_cmd_type method)
     int get = method == EVHTTP_REQ_GET || method == EVHTTP_REQ_HEAD,
         post = method == EVHTTP_REQ_POST;
     if (q->nseg == 1 && SEG(0, "healthz")) {
-        if (!get)
-            return method_not_allowed(q, "GET");
-        return th__reply_json(q, 200, json_pack("{s:s}", "status", "ok"));
+        if (!get) {
+            method_not_allowed(q, "GET");
+            return;
+        }
+        {
+            th__reply_json(q, 200, json_pack("{s:s}", "status", "ok"));
+            return;
+        }
     }
     if (q->nseg == 1 && SEG(0, "readyz")) {
-        if (!get)
-            return method_not_allowed(q, "GET");
-        if (s->ready && !s->draining)
-            return th__reply_json(q, 200, json_pack("{s:s}", "status", "ready"));
-        return th__reply_error(q, 503, "ECLOSED", "", s->draining ? "draining" : "starting");
+        if (!get) {
+            method_not_allowed(q, "GET");
+            return;
+        }
+        if (s->ready && !s->draining) {
+            th__reply_json(q, 200, json_pack("{s:s}", "status", "ready"));
+            return;
+        }
+        {
+            th__reply_error(q, 503, "ECLOSED", "", s->draining ? "draining" : "starting");
+            return;
+        }
     }
-    if (q->nseg == 1 && SEG(0, "metrics"))
-        return get ? prometheus(q) : method_not_allowed(q, "GET");
-    if (!SEG(0, "v1") || q->nseg < 2)
-        return th__reply_error(q, 404, "EROUTE", "", "no route %s", q->path);
+    if (q->nseg == 1 && SEG(0, "metrics")) {
+        if (get)
+            prometheus(q);
+        else
+            method_not_allowed(q, "GET");
+        return;
+    }
+    if (!SEG(0, "v1") || q->nseg < 2) {
+        th__reply_error(q, 404, "EROUTE", "", "no route %s", q->path);
+        return;
+    }
 
     if (SEG(1, "tasks")) {
         if (q->nseg == 2) {
-            if (post)
-                return submit(q);
-            return get ? list(q) : method_not_allowed(q, "GET, POST");
+            if (post) {
+                submit(q);
+                return;
+            }
+            {
+                if (get)
+                    list(q);
+                else
+                    method_not_allowed(q, "GET, POST");
+                return;
+            }
         }
         const char *id = q->seg[2];
-        if (q->nseg == 3)
-            return get ? get_task(q, id, NULL) : method_not_allowed(q, "GET");
+        if (q->nseg == 3) {
+            if (get)
+                get_task(q, id, NULL);
+            else
+                method_not_allowed(q, "GET");
+            return;
+        }
         if (q->nseg == 4) {
             const char *a = q->seg[3];
-            if (strcmp(a, "result") == 0)
-                return get ? get_task(q, id, "result") : method_not_allowed(q, "GET");
-            if (strcmp(a, "logs") == 0)
-                return get ? logs(q, id) : method_not_allowed(q, "GET");
-            if (strcmp(a, "graph") == 0)
-                return get ? graph(q, id) : method_not_allowed(q, "GET");
-            if (strcmp(a, "cancel") == 0)
-                return post ? cancel(q, id) : method_not_allowed(q, "POST");
-            if (strcmp(a, "retry") == 0)
-                return post ? retry(q, id) : method_not_allowed(q, "POST");
+            if (strcmp(a, "result") == 0) {
+                if (get)
+                    get_task(q, id, "result");
+                else
+                    method_not_allowed(q, "GET");
+                return;
+            }
+            if (strcmp(a, "logs") == 0) {
+                if (get)
+                    logs(q, id);
+                else
+                    method_not_allowed(q, "GET");
+                return;
+            }
+            if (strcmp(a, "graph") == 0) {
+                if (get)
+                    graph(q, id);
+                else
+                    method_not_allowed(q, "GET");
+                return;
+            }
+            if (strcmp(a, "cancel") == 0) {
+                if (post)
+                    cancel(q, id);
+                else
+                    method_not_allowed(q, "POST");
+                return;
+            }
+            if (strcmp(a, "retry") == 0) {
+                if (post)
+                    retry(q, id);
+                else
+                    method_not_allowed(q, "POST");
+                return;
+            }
             if (strcmp(a, "heartbeat") == 0 || strcmp(a, "progress") == 0 ||
-                strcmp(a, "log") == 0 || strcmp(a, "complete") == 0 || strcmp(a, "fail") == 0)
-                return post ? worker_call(q, id, a) : method_not_allowed(q, "POST");
+                strcmp(a, "log") == 0 || strcmp(a, "complete") == 0 || strcmp(a, "fail") == 0) {
+                if (post)
+                    worker_call(q, id, a);
+                else
+                    method_not_allowed(q, "POST");
+                return;
+            }
         }
     } else if (SEG(1, "queues")) {
-        if (q->nseg == 2)
-            return get ? queues(q) : method_not_allowed(q, "GET");
-        if (q->nseg == 4 && (SEG(3, "pause") || SEG(3, "resume") || SEG(3, "purge")))
-            return post ? queue_action(q, q->seg[2], q->seg[3]) : method_not_allowed(q, "POST");
+        if (q->nseg == 2) {
+            if (get)
+                queues(q);
+            else
+                method_not_allowed(q, "GET");
+            return;
+        }
+        if (q->nseg == 4 && (SEG(3, "pause") || SEG(3, "resume") || SEG(3, "purge"))) {
+            if (post)
+                queue_action(q, q->seg[2], q->seg[3]);
+            else
+                method_not_allowed(q, "POST");
+            return;
+        }
     } else if (SEG(1, "workers")) {
         if (q->nseg == 2) {
-            if (post)
-                return th__route_worker_register(q);
-            return get ? th__route_workers(q) : method_not_allowed(q, "GET, POST");
+            if (post) {
+                th__route_worker_register(q);
+                return;
+            }
+            {
+                if (get)
+                    th__route_workers(q);
+                else
+                    method_not_allowed(q, "GET, POST");
+                return;
+            }
         }
-        if (q->nseg == 4 && SEG(3, "claim"))
-            return post ? th__route_claim(q, q->seg[2]) : method_not_allowed(q, "POST");
+        if (q->nseg == 4 && SEG(3, "claim")) {
+            if (post)
+                th__route_claim(q, q->seg[2]);
+            else
+                method_not_allowed(q, "POST");
+            return;
+        }
     } else if (SEG(1, "stats") && q->nseg == 2) {
-        if (!get)
-            return method_not_allowed(q, "GET");
+        if (!get) {
+            method_not_allowed(q, "GET");
+            return;
+        }
         if (th__req_allow(q, TH_SCOPE_READ))
             th__reply_json(q, 200, stats_json(s));
         return;
     } else if (SEG(1, "events") && q->nseg == 2) {
-        return get ? th__route_events(q) : method_not_allowed(q, "GET");
+        {
+            if (get)
+                th__route_events(q);
+            else
+                method_not_allowed(q, "GET");
+            return;
+        }
     }
     th__reply_error(q, 404, "EROUTE", "", "no route %s", q->path);
 }
