@@ -3,8 +3,8 @@
  * only knows which sections and keys exist and how to read their values.
  *
  *   [server]   listen, data_dir, store, durability, log_level, max_body,
- *              max_batch_body, max_batch, request_timeout, drain_grace,
- *              event_buffer
+ *              max_batch_body, max_batch, max_connections, request_timeout,
+ *              drain_grace, event_buffer
  *   [pool]     enabled, mode, min_workers, max_workers, max_queue,
  *              backpressure_threshold, task_timeout, timeout_grace,
  *              health_check_interval, worker_idle_timeout,
@@ -202,6 +202,10 @@ static int server_key(parse *p, const char *k, const char *v)
         if (parse_int(v, 1, 100000, &n))
             return fail(p, "max_batch: '%s' must be 1..100000%s", v, "");
         c->max_batch = (int)n;
+    } else if (strcmp(k, "max_connections") == 0) {
+        if (parse_int(v, 1, 1000000, &n))
+            return fail(p, "max_connections: '%s' must be 1..1000000", v);
+        c->max_connections = (size_t)n;
     } else if (strcmp(k, "request_timeout") == 0) {
         int64_t ms;
         if (parse_duration(v, &ms) || ms < 1000)
@@ -404,6 +408,7 @@ static void defaults(th__config *c)
     c->max_batch_body = 16 << 20;
     c->max_batch = 1000;
     c->request_timeout_s = 60;
+    c->max_connections = 1024;
     c->drain_grace_ms = 10000;
     c->event_buffer = 10000;
     c->pool_enabled = 1;

@@ -38,6 +38,7 @@ typedef struct th__config {
     size_t max_batch_body;
     int max_batch;
     int request_timeout_s;
+    size_t max_connections;
     int64_t drain_grace_ms;
     size_t event_buffer; /* events kept for Last-Event-ID resume */
     int pool_enabled;

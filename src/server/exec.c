@@ -75,7 +75,7 @@ static void on_ready(evutil_socket_t fd, short what, void *arg)
         q.r = j->dead ? NULL : j->r;
         snprintf(q.path, sizeof q.path, "%s", j->path);
         if (!j->dead)
-            evhttp_connection_set_closecb(evhttp_request_get_connection(j->r), NULL, NULL);
+            th__conn_on_close(s, j->r, NULL, NULL);
         j->done(j, &q);
         th__free(j);
         x->inflight--;
@@ -106,7 +106,7 @@ void th__exec_push(th__server *s, th__job *j)
 {
     struct th__exec *x = s->exec;
     j->s = s;
-    evhttp_connection_set_closecb(evhttp_request_get_connection(j->r), job_dead, j);
+    th__conn_on_close(s, j->r, job_dead, j);
     x->inflight++;
     pthread_mutex_lock(&x->mu);
     j->next = NULL;

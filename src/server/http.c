@@ -219,6 +219,13 @@ void th__http_dispatch(struct evhttp_request *r, void *arg)
         return;
     }
     evhttp_uri_free(u);
+    if (th__conn_track(q.s, r) != 0) {
+        evhttp_add_header(evhttp_request_get_output_headers(r), "Connection", "close");
+        th__reply_error(&q, 503, "EBUSY", "", "too many connections (max_connections %zu)",
+                        q.s->cfg.max_connections);
+        evhttp_clear_headers(&q.query);
+        return;
+    }
     int open_route =
         q.nseg == 1 && (strcmp(q.seg[0], "healthz") == 0 || strcmp(q.seg[0], "readyz") == 0);
     if (open_route || authenticate(&q) == 0)

@@ -32,6 +32,8 @@ typedef struct th__ring_ev {
 typedef struct th__sse th__sse;       /* an event-stream client (stream.c) */
 typedef struct th__parked th__parked; /* a long-poll claim waiting for work */
 typedef struct th__ext_worker th__ext_worker;
+typedef struct th__conn th__conn; /* conn.c */
+typedef void (*th__close_fn)(struct evhttp_connection *conn, void *arg);
 
 typedef struct th__server {
     th__config cfg;
@@ -55,6 +57,8 @@ typedef struct th__server {
     th__parked *parked;
     th__ext_worker *workers;
     struct th__exec *exec; /* exec.c */
+    th__conn *conns;       /* open connections (conn.c) */
+    size_t nconns;
 } th__server;
 
 /* A request being handled. */
@@ -111,6 +115,17 @@ int th__json_known_fields(json_t *obj, const char *const *allowed, const char *p
                           th_error *err);
 void th__json_owned_free(char **owned, size_t n);
 json_t *th__json_event(const th__ring_ev *e);
+
+/* ---- connections (conn.c) ---- */
+
+/* Counts the request's connection if it is new. -1 when that would pass
+ * max_connections (the caller answers 503 and closes it). */
+int th__conn_track(th__server *s, struct evhttp_request *r);
+/* Calls fn(conn, arg) when the request's connection closes (NULL fn: no
+ * longer). One user per connection at a time. */
+void th__conn_on_close(th__server *s, struct evhttp_request *r, th__close_fn fn, void *arg);
+/* Forgets every tracked connection (after evhttp_free). */
+void th__conn_free_all(th__server *s);
 
 /* ---- routes (routes.c, stream.c) ---- */
 

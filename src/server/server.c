@@ -288,6 +288,7 @@ out:
     th__exec_stop(s);
     if (s->http)
         evhttp_free(s->http);
+    th__conn_free_all(s);
     if (s->pool)
         th_pool_free(s->pool);
     if (s->engine)

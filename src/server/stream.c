@@ -173,7 +173,7 @@ void th__route_events(th__req *q)
     evhttp_add_header(h, "Content-Type", "text/event-stream");
     evhttp_add_header(h, "Cache-Control", "no-cache");
     evhttp_send_reply_start(q->r, 200, "OK");
-    evhttp_connection_set_closecb(evhttp_request_get_connection(q->r), sse_closed, c);
+    th__conn_on_close(s, q->r, sse_closed, c);
     c->next = s->sse;
     s->sse = c;
     pthread_mutex_lock(&s->ring_mu);
@@ -361,7 +361,7 @@ static void parked_free(th__parked *p)
 static void parked_done(th__parked *p)
 {
     parked_unlink(p->s, p);
-    evhttp_connection_set_closecb(evhttp_request_get_connection(p->r), NULL, NULL);
+    th__conn_on_close(p->s, p->r, NULL, NULL);
     parked_free(p);
 }
 
@@ -470,7 +470,7 @@ void th__route_claim(th__req *q, const char *worker_id)
         th__reply_error(q, 500, "ENOMEM", "", "out of memory");
         return;
     }
-    evhttp_connection_set_closecb(evhttp_request_get_connection(q->r), parked_closed, p);
+    th__conn_on_close(s, q->r, parked_closed, p);
     p->next = s->parked;
     s->parked = p;
 }
@@ -507,7 +507,7 @@ void th__stream_close_all(th__server *s)
     while (s->sse) {
         th__sse *c = s->sse;
         s->sse = c->next;
-        evhttp_connection_set_closecb(evhttp_request_get_connection(c->r), NULL, NULL);
+        th__conn_on_close(s, c->r, NULL, NULL);
         evhttp_send_reply_end(c->r);
         th__free(c);
     }
