@@ -1051,6 +1051,38 @@ static void *manager_main(void *arg)
     return NULL;
 }
 
+/* Engine events: a cancel request for a task a worker holds stops its
+ * handler (or kills its child) now, not at the next heartbeat. Runs on the
+ * engine thread that caused the event; lock order evmu -> pool.mu is safe
+ * because the pool never holds mu while calling the engine. */
+static void on_engine_event(const th_event *ev, void *ud)
+{
+    th_pool *p = ud;
+    if (ev->type != TH_EV_CANCEL_REQUESTED)
+        return;
+    pthread_mutex_lock(&p->mu);
+    for (th__worker *w = p->workers; w; w = w->next) {
+        if (w->abandoned || w->exited)
+            continue;
+        for (int k = 0; k < w->nheld; k++) {
+            if (strcmp(w->held[k].id, ev->task_id) != 0)
+                continue;
+            w->held[k].cancel = 1;
+            if (strcmp(w->current, ev->task_id) == 0) {
+                if (w->ctx)
+                    atomic_store(&w->ctx->stop, 1);
+                atomic_store(&w->cancel, 1);
+                if (w->wake_fd >= 0) {
+                    uint64_t one = 1;
+                    ssize_t wr = write(w->wake_fd, &one, sizeof one);
+                    (void)wr;
+                }
+            }
+        }
+    }
+    pthread_mutex_unlock(&p->mu);
+}
+
 int th_pool_start(th_pool *p, th_error *err)
 {
     if (p->started)
@@ -1058,7 +1090,11 @@ int th_pool_start(th_pool *p, th_error *err)
     if (p->nhandlers == 0)
         return th__err(err, TH_EINVAL, "handlers", "register at least one handler first");
     int64_t now = th__mono_ns();
+    int sub = th_engine_subscribe(p->e, on_engine_event, p);
+    if (sub < 0)
+        return th__err(err, sub, NULL, "cannot subscribe to engine events");
     pthread_mutex_lock(&p->mu);
+    p->engine_sub = sub;
     p->started = 1;
     p->last_up_ns = p->last_down_ns = now;
     int rc = 0, n = 0;
@@ -1275,8 +1311,12 @@ int th_pool_stop(th_pool *p, int64_t grace_ms)
         w->nheld = 0;
     }
     p->manager_stop = 1;
+    int sub = p->engine_sub;
+    p->engine_sub = 0;
     pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
+    if (sub > 0) /* after this returns, on_engine_event is not running */
+        th_engine_unsubscribe(p->e, sub);
     for (int i = 0; i < nstuck; i++)
         th_engine_fail(p->e, stuck[i].id, stuck[i].lease, "pool stopped; handler did not return",
                        TH_FAIL_RELEASE, NULL);

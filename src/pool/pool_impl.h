@@ -82,6 +82,7 @@ struct th_pool {
     int64_t stop_deadline_ns;
     pthread_t manager;
     int has_manager;
+    int engine_sub;          /* subscription for cancel requests */
     int64_t manager_wake_ns; /* when the sleeping manager will next look (mu) */
     int refs;                /* 1 + abandoned threads still running */
     int freed;               /* th_pool_free ran; abandoned threads free themselves */

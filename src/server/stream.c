@@ -89,12 +89,20 @@ static void sse_flush_locked(th__server *s, th__sse *c)
         return;
     uint64_t first = s->ring[s->ring_head].seq;
     uint64_t last = s->ring[(s->ring_head + s->ring_len - 1) % s->ring_cap].seq;
-    if (c->next_seq > last)
+    if (c->next_seq == last + 1)
         return;
     struct evbuffer *b = evbuffer_new();
     if (!b)
         return;
-    if (c->next_seq < first) {
+    if (c->next_seq > last + 1) {
+        /* The client resumes from a number this process never reached:
+         * the daemon restarted and numbering began again. Say so and send
+         * everything still held. */
+        evbuffer_add_printf(b,
+                            "event: gap\ndata: {\"first_available\":%llu,\"restarted\":true}\n\n",
+                            (unsigned long long)first);
+        c->next_seq = first;
+    } else if (c->next_seq < first) {
         /* Events were dropped from the ring before this client saw them. */
         evbuffer_add_printf(b, "event: gap\ndata: {\"first_available\":%llu}\n\n",
                             (unsigned long long)first);
