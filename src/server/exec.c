@@ -48,6 +48,9 @@ static void job_dead(struct evhttp_connection *conn, void *arg)
 {
     th__job *j = arg;
     j->dead = 1;
+    /* libevent 2.1 detaches an unanswered request from a closing
+     * connection and leaves freeing it to us (after the job is done). */
+    j->detached = evhttp_request_get_connection(j->r) == NULL;
 }
 
 /* Loop: replies to every finished job, oldest first. */
@@ -77,6 +80,8 @@ static void on_ready(evutil_socket_t fd, short what, void *arg)
         if (!j->dead)
             th__conn_on_close(s, j->r, NULL, NULL);
         j->done(j, &q);
+        if (j->dead && j->detached)
+            evhttp_request_free(j->r);
         th__free(j);
         x->inflight--;
     }

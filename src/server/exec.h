@@ -27,6 +27,7 @@ struct th__job {
     th__server *s;
     struct evhttp_request *r;
     int dead;
+    int detached; /* the client left; the request is ours to free */
     char path[512];
     th__job_run run;
     th__job_done done;

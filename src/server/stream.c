@@ -136,10 +136,19 @@ static void sse_unlink(th__server *s, th__sse *c)
         }
 }
 
+/* When a client leaves before the reply is finished, libevent 2.1 detaches
+ * the request from its connection and leaves freeing it to us. */
+static void free_if_detached(struct evhttp_request *r)
+{
+    if (!evhttp_request_get_connection(r))
+        evhttp_request_free(r);
+}
+
 static void sse_closed(struct evhttp_connection *conn, void *arg)
 {
     th__sse *c = arg;
     sse_unlink(c->s, c);
+    free_if_detached(c->r);
     th__free(c);
 }
 
@@ -389,6 +398,7 @@ static void parked_closed(struct evhttp_connection *conn, void *arg)
 {
     th__parked *p = arg;
     parked_unlink(p->s, p);
+    free_if_detached(p->r);
     parked_free(p);
 }
 
