@@ -481,9 +481,9 @@ static int check_spec(th_engine *e, const th_task_spec *s, size_t index, int64_t
     if (s->run_at_ms < 0)
         return th__err(err, TH_EINVAL, "run_at", "run_at must not be negative");
     if (s->run_at_ms && s->delay_ms)
-        return th__err(err, TH_EINVAL, "delay", "set run_at or delay, not both");
-    if ((rc = check_duration(s->delay_ms, "delay", err)) ||
-        (rc = check_duration(s->timeout_ms, "timeout", err)))
+        return th__err(err, TH_EINVAL, "delay_ms", "set run_at or delay_ms, not both");
+    if ((rc = check_duration(s->delay_ms, "delay_ms", err)) ||
+        (rc = check_duration(s->timeout_ms, "timeout_ms", err)))
         return rc;
     if (s->expires_at_ms < 0)
         return th__err(err, TH_EINVAL, "expires_at", "expires_at must not be negative");

@@ -3,7 +3,7 @@
  * only knows which sections and keys exist and how to read their values.
  *
  *   [server]   listen, data_dir, store, durability, log_level, max_body,
- *              max_batch_body, max_batch, max_connections, request_timeout,
+ *              max_batch_body, max_batch, max_queued, max_connections, request_timeout,
  *              drain_grace, event_buffer
  *   [pool]     enabled, mode, min_workers, max_workers, max_queue,
  *              backpressure_threshold, task_timeout, timeout_grace,
@@ -202,6 +202,9 @@ static int server_key(parse *p, const char *k, const char *v)
         if (parse_int(v, 1, 100000, &n))
             return fail(p, "max_batch: '%s' must be 1..100000%s", v, "");
         c->max_batch = (int)n;
+    } else if (strcmp(k, "max_queued") == 0) {
+        if (parse_size(v, &c->max_queued))
+            return fail(p, "max_queued: '%s' must be a count (0: no limit)", v);
     } else if (strcmp(k, "max_connections") == 0) {
         if (parse_int(v, 1, 1000000, &n))
             return fail(p, "max_connections: '%s' must be 1..1000000", v);
@@ -409,6 +412,7 @@ static void defaults(th__config *c)
     c->max_batch = 1000;
     c->request_timeout_s = 60;
     c->max_connections = 1024;
+    c->max_queued = 1000000;
     c->drain_grace_ms = 10000;
     c->event_buffer = 10000;
     c->pool_enabled = 1;

@@ -39,6 +39,7 @@ typedef struct th__config {
     int max_batch;
     int request_timeout_s;
     size_t max_connections;
+    size_t max_queued; /* waiting tasks before submits get 429; 0 = no limit */
     int64_t drain_grace_ms;
     size_t event_buffer; /* events kept for Last-Event-ID resume */
     int pool_enabled;

@@ -58,6 +58,9 @@ typedef struct th__server {
     th__ext_worker *workers;
     struct th__exec *exec; /* exec.c */
     th__conn *conns;       /* open connections (conn.c) */
+    struct event *drained; /* the drain thread is done */
+    pthread_t drainer;
+    int has_drainer;
     size_t nconns;
 } th__server;
 

@@ -407,11 +407,12 @@ static void worker_call(th__req *q, const char *id, const char *what)
             }
         }
     }
-    if (rc)
+    if (rc) {
         th__reply_engine_error(q, rc, &err);
-    else
+    } else {
         th__reply_json(q, 200, answer ? answer : json_object());
-    answer = NULL;
+        answer = NULL;
+    }
 done:
     json_decref(answer);
     json_decref(body);

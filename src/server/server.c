@@ -67,6 +67,23 @@ static void drain_check(evutil_socket_t fd, short what, void *arg)
     event_base_once(s->base, -1, EV_TIMEOUT, drain_check, s, &tv);
 }
 
+/* Stops the pool off the loop (it may take drain_grace), then hands back to
+ * the loop, which kept answering meanwhile: /readyz says 503, workers'
+ * completions still land. */
+static void *drain_main(void *arg)
+{
+    th__server *s = arg;
+    if (s->pool)
+        th_pool_stop(s->pool, s->cfg.drain_grace_ms);
+    event_active(s->drained, EV_READ, 0);
+    return NULL;
+}
+
+static void on_drained(evutil_socket_t fd, short what, void *arg)
+{
+    drain_check(fd, what, arg);
+}
+
 static void on_stop(evutil_socket_t sig, short what, void *arg)
 {
     th__server *s = arg;
@@ -79,7 +96,12 @@ static void on_stop(evutil_socket_t sig, short what, void *arg)
         "draining");
     sd_notify("STOPPING=1");
     th__stream_close_all(s);
-    if (s->pool)
+    if ((s->drained = event_new(s->base, -1, 0, on_drained, s)) &&
+        pthread_create(&s->drainer, NULL, drain_main, s) == 0) {
+        s->has_drainer = 1;
+        return;
+    }
+    if (s->pool) /* could not start the thread: drain here */
         th_pool_stop(s->pool, s->cfg.drain_grace_ms);
     drain_check(0, 0, s);
 }
@@ -206,6 +228,7 @@ int th__server_main(int argc, char **argv)
     }
     th_engine_options eo;
     th_engine_options_init(&eo);
+    eo.max_queued = s->cfg.max_queued;
     if (!(s->engine = th_engine_new(store, &eo, &e))) {
         fprintf(stderr, "taskhive: engine: %s\n", e.message);
         goto out_cfg;
@@ -285,6 +308,10 @@ int th__server_main(int argc, char **argv)
     event_free(sig_int);
     event_free(sig_hup);
 out:
+    if (s->has_drainer)
+        pthread_join(s->drainer, NULL);
+    if (s->drained)
+        event_free(s->drained);
     th__exec_stop(s);
     if (s->http)
         evhttp_free(s->http);

@@ -7,15 +7,20 @@
  * the ring under ring_mu and wakes the loop with event_active. Everything
  * else here runs on the loop thread.
  */
+#include <errno.h>
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "server/http.h"
 #include "server/log.h"
+
+#define QUEUE_CHARS "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:-"
 
 struct th__sse {
     th__sse *next;
@@ -258,7 +263,8 @@ void th__route_worker_register(th__req *q)
         json_array_foreach(queues, i, v)
         {
             if (!json_is_string(v) || !json_string_length(v) ||
-                json_string_length(v) > TH_QUEUE_NAME_MAX) {
+                json_string_length(v) > TH_QUEUE_NAME_MAX ||
+                strspn(json_string_value(v), QUEUE_CHARS) != json_string_length(v)) {
                 char field[32];
                 snprintf(field, sizeof field, "queues[%zu]", i);
                 th__reply_error(q, 400, "EINVAL", field, "%s must be a queue name", field);
@@ -317,6 +323,21 @@ void th__route_workers(th__req *q)
 }
 
 /* ---- long-poll claims ----------------------------------------------------------- */
+
+/* 1 when the client of a waiting request has hung up. libevent does not
+ * read from a connection while its request is being answered, so it would
+ * not notice; a peek at the socket does. */
+static int client_gone(struct evhttp_request *r)
+{
+    struct evhttp_connection *c = evhttp_request_get_connection(r);
+    struct bufferevent *bev = c ? evhttp_connection_get_bufferevent(c) : NULL;
+    evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+    if (fd < 0)
+        return 1;
+    char b;
+    ssize_t n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
 
 /* Claims without waiting; replies and returns 1 when it got tasks (or an
  * error), 0 when there was nothing to hand out. */
@@ -387,6 +408,10 @@ static void parked_timeout(evutil_socket_t fd, short what, void *arg)
     th__parked *p = arg;
     struct evhttp_request *r = p->r;
     th__server *s = p->s;
+    if (client_gone(r)) {
+        evhttp_connection_free(evhttp_request_get_connection(r)); /* frees p */
+        return;
+    }
     if (!try_claim(s, r, p)) {
         th__req q = {.s = s, .r = r};
         th__reply_json(&q, 200, json_pack("{s:[]}", "tasks"));
@@ -508,9 +533,16 @@ void th__stream_wake(evutil_socket_t fd, short what, void *arg)
         int n = 0;
         for (th__parked *p = s->parked; p && n < 256; p = p->next)
             list[n++] = p;
-        for (int i = n - 1; i >= 0; i--)
+        for (int i = n - 1; i >= 0; i--) {
+            if (client_gone(list[i]->r)) {
+                /* Closing the connection runs parked_closed, which frees
+                 * the claim: it must not take a task nobody will work on. */
+                evhttp_connection_free(evhttp_request_get_connection(list[i]->r));
+                continue;
+            }
             if (try_claim(s, list[i]->r, list[i]))
                 parked_done(list[i]);
+        }
     }
 }
 

@@ -490,7 +490,7 @@ static void test_validation_numbers(void **state)
 
     th_task_spec_init(&spec, "q");
     spec.timeout_ms = -1;
-    expect_refused(fx, &spec, TH_EINVAL, "timeout");
+    expect_refused(fx, &spec, TH_EINVAL, "timeout_ms");
 
     th_task_spec_init(&spec, "q");
     spec.retry.multiplier = 0;
