@@ -11,6 +11,7 @@
 #include "error.h"
 #include "pool.h"
 #include "store.h"
+#include "supervisor.h"
 #include "task.h"
 
 #endif

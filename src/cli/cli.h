@@ -139,6 +139,8 @@ int th__parse_json(th__cli *cli, const char *what, const char *text, json_t **ou
 int64_t th__now_ms(void);
 /* "4s", "3m", "2h", "5d" for a duration in ms ("-" for <0). */
 void th__fmt_duration(int64_t ms, char *buf, size_t size);
+/* "512B", "4.0KiB", "35.2MiB", "1.2GiB" for a size in bytes. */
+void th__fmt_bytes(double bytes, char *buf, size_t size);
 /* "2024-11-23 17:54:00" in local time, "-" for 0. */
 void th__fmt_time(int64_t ms, char *buf, size_t size);
 /* Display width of UTF-8 text (code points). */
@@ -236,11 +238,18 @@ int th__cmd_queues(th__cli *cli, int argc, char **argv);
 int th__cmd_stats(th__cli *cli, int argc, char **argv);
 int th__cmd_watch(th__cli *cli, int argc, char **argv);
 int th__cmd_top(th__cli *cli, int argc, char **argv);
+int th__cmd_ps(th__cli *cli, int argc, char **argv);
+int th__cmd_svc_start(th__cli *cli, int argc, char **argv);
+int th__cmd_svc_stop(th__cli *cli, int argc, char **argv);
+int th__cmd_svc_restart(th__cli *cli, int argc, char **argv);
+int th__cmd_svc_trigger(th__cli *cli, int argc, char **argv);
 
 /* Usage texts, printed by `VERB --help` and `taskhive help VERB`. */
 extern const char th__usage_submit[], th__usage_ls[], th__usage_show[], th__usage_logs[],
     th__usage_cancel[], th__usage_retry[], th__usage_result[], th__usage_graph[],
-    th__usage_workers[], th__usage_queues[], th__usage_stats[], th__usage_watch[], th__usage_top[];
+    th__usage_workers[], th__usage_queues[], th__usage_stats[], th__usage_watch[], th__usage_top[],
+    th__usage_ps[], th__usage_svc_start[], th__usage_svc_stop[], th__usage_svc_restart[],
+    th__usage_svc_trigger[];
 
 /* Prints `usage` to stdout and returns TH_CLI_OK (for --help). */
 int th__print_usage(const char *usage);
@@ -251,5 +260,22 @@ int th__print_usage(const char *usage);
  * json_decrefs). Returns TH_CLI_OK when it completed, TH_CLI_FAILED when it
  * ended otherwise, or a transport code. */
 int th__follow_task(th__cli *cli, const char *id, int show, json_t **final);
+
+/* ---- cmd_services.c: the supervisor's services (docs/API.md, "Services") ---- */
+
+/* Whether `s` is a service name: 1-64 characters of [A-Za-z0-9_.:-]. */
+int th__is_service_name(const char *s);
+/* Whether `s` looks like a task id: 26 characters of Crockford base 32. */
+int th__is_task_id(const char *s);
+/* A table of the instances in `services` (an array of service objects) whose
+ * name is `only` (NULL: every one). Names get a ":i" suffix when the service
+ * has more than one instance in the array. `brief`: the columns of `top`
+ * (NAME STATE PID CPU MEM RESTARTS); else those of `ps` (NAME PID STATE
+ * UPTIME RESTARTS CPU MEM TYPE NEXT). NULL on OOM. */
+th__table *th__services_table(const json_t *services, const char *only, int brief);
+/* Prints the logs of service `name` (the rest of `logs`, cmd_logs.c): the
+ * last `lines` lines, then with `follow` the new ones every second until
+ * Ctrl-C. Returns an exit status. */
+int th__service_logs(th__cli *cli, const char *name, long long lines, int follow);
 
 #endif

@@ -186,6 +186,8 @@ int th__http(th__cli *cli, const char *method, const char *path, json_t *body, j
         th__sbuf_free(&auth);
     }
     curl_easy_setopt(h, CURLOPT_URL, th__sbuf_str(&url));
+    /* Names are path segments as they are: a service named ".." stays one. */
+    curl_easy_setopt(h, CURLOPT_PATH_AS_IS, 1L);
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, CONNECT_TIMEOUT_MS);

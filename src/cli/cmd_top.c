@@ -1,8 +1,9 @@
 /*
  * `taskhive top`: a live full-screen view in the manner of `pm2 monit`, drawn
- * with ANSI escapes (no curses): a stats header, the queue table and the
- * worker table, refreshed every second from /v1/stats, /v1/queues and
- * /v1/workers. q or Ctrl-C quits and gives the terminal back as it was. When
+ * with ANSI escapes (no curses): a stats header, the queue table, the worker
+ * table and, when the daemon supervises services, the service table,
+ * refreshed every second from /v1/stats, /v1/queues, /v1/workers and
+ * /v1/services. q or Ctrl-C quits and gives the terminal back as it was. When
  * standard output is not a terminal it prints one frame and exits.
  */
 #include "cli/cli.h"
@@ -19,9 +20,10 @@ const char th__usage_top[] =
     "usage: taskhive top [--interval MS]\n"
     "\n"
     "A live full-screen view of the daemon: workers, tasks and throughput, the\n"
-    "queues and the workers, refreshed every second. Keys: q quits (so does\n"
-    "Ctrl-C), r refreshes now. When standard output is not a terminal, prints\n"
-    "one frame and exits.\n"
+    "queues, the workers and, when the daemon supervises any, the services (name,\n"
+    "state, pid, CPU, memory, restarts), refreshed every second. Keys: q quits\n"
+    "(so does Ctrl-C), r refreshes now. When standard output is not a terminal,\n"
+    "prints one frame and exits.\n"
     "\n"
     "  --interval MS  refresh period, 200..60000 ms (default 1000)\n";
 
@@ -42,6 +44,7 @@ static void on_winch(int sig)
 typedef struct top {
     th__cli *cli;
     json_t *stats, *queues, *workers; /* the last good answers */
+    json_t *services;                 /* NULL when the daemon has none (404) */
     char error[TH_CLI_ERRMSG];        /* the last failure, "" when none */
     int64_t fetched_at;
     double prev_done; /* completed + failed at the previous fetch */
@@ -83,31 +86,49 @@ static double task_count(const top *t, const char *state, const char *pool_name)
 
 #define M(t, sec, ...) metric(t, sec, (const char *const[]){__VA_ARGS__, NULL})
 
-/* Fetches the three answers; a failure keeps the older ones and the message. */
+/* GET /v1/services into *out; a 404 (a daemon without a supervisor) is no
+ * error and leaves *out NULL. */
+static int fetch_services(th__cli *cli, json_t **out)
+{
+    long status = 0;
+    int rc = th__http(cli, "GET", "/v1/services", NULL, out, &status);
+    if (rc != 0 && status == 404) {
+        *out = NULL;
+        return 0;
+    }
+    return rc;
+}
+
+/* Fetches the four answers; a failure keeps the older ones and the message. */
 static void fetch(top *t)
 {
-    json_t *s = NULL, *q = NULL, *w = NULL;
+    json_t *s = NULL, *q = NULL, *w = NULL, *v = NULL;
     t->cli->quiet = 1;
     int rc = th__http(t->cli, "GET", "/v1/stats", NULL, &s, NULL);
     if (rc == 0)
         rc = th__http(t->cli, "GET", "/v1/queues", NULL, &q, NULL);
     if (rc == 0)
         rc = th__http(t->cli, "GET", "/v1/workers", NULL, &w, NULL);
+    if (rc == 0)
+        rc = fetch_services(t->cli, &v);
     t->cli->quiet = 0;
     if (rc != 0) {
         snprintf(t->error, sizeof t->error, "%s", t->cli->err);
         json_decref(s);
         json_decref(q);
         json_decref(w);
+        json_decref(v);
         return;
     }
     t->error[0] = '\0';
     json_decref(t->stats);
     json_decref(t->queues);
     json_decref(t->workers);
+    json_decref(t->services);
     t->stats = s;
     t->queues = q;
     t->workers = w;
+    t->services = v;
     t->fetched_at = th__now_ms();
     double done = task_count(t, "completed", "completedTasks");
     double failed = task_count(t, "failed", "failedTasks");
@@ -278,12 +299,52 @@ static int section(top *t, int cols, const char *title, th__table *tab, int budg
     th__table_print(tab, &t->frame, cols > 1 ? (size_t)cols - 1 : 1, shown,
                     t->live ? "\x1b[K\n" : "\n");
     int used = 2 + shown;
-    if (shown < rows) {
+    if (shown < rows && used < budget) { /* no room for it when the budget is 2 */
         snprintf(l, sizeof l, "... %d more", rows - shown);
         line(t, cols, NULL, l);
         used++;
     }
     return used;
+}
+
+/* The service table, or NULL when there is nothing to show. */
+static th__table *service_table(const top *t)
+{
+    json_t *list = json_object_get(t->services, "services");
+    if (json_array_size(list) == 0)
+        return NULL;
+    return th__services_table(list, NULL, 1);
+}
+
+/* Shares `lines` between n sections that want need[i] lines each: those
+ * that want no more than an equal share get what they want, over again; the
+ * others split what is left. */
+static void share_lines(int lines, const int *need, int *budget, int n)
+{
+    int left = lines > 0 ? lines : 0, open = 0, given = 1;
+    for (int i = 0; i < n; i++) {
+        budget[i] = 0;
+        open += need[i] > 0;
+    }
+    while (open > 0 && given) {
+        int share = left / open;
+        given = 0;
+        for (int i = 0; i < n; i++)
+            if (need[i] > 0 && budget[i] == 0 && need[i] <= share) {
+                budget[i] = need[i];
+                left -= need[i];
+                open--;
+                given = 1;
+            }
+    }
+    if (open == 0)
+        return;
+    int share = left / open, extra = left % open;
+    for (int i = 0; i < n; i++) /* what does not divide goes to the first ones */
+        if (need[i] > 0 && budget[i] == 0) {
+            budget[i] = share + (extra > 0);
+            extra -= extra > 0;
+        }
 }
 
 static void render(top *t)
@@ -295,19 +356,24 @@ static void render(top *t)
     if (t->live)
         th__sbuf_adds(&t->frame, "\x1b[H");
     int left = rows - 1 - header(t, cols); /* never write the last row: no scrolling */
-    th__table *q = queue_table(t), *w = worker_table(t);
-    int qrows = q ? th__table_rows(q) + 2 : 0;
-    int qbudget = qrows < left / 2 || !w ? qrows : left / 2;
-    if (qbudget > left)
-        qbudget = left;
-    left -= section(t, cols, "Queues", q, qbudget);
-    if (left > 2) {
-        line(t, cols, NULL, "");
-        left--;
+    th__table *tabs[3] = {queue_table(t), worker_table(t), service_table(t)};
+    static const char *const titles[3] = {"Queues", "Workers", "Services"};
+    int need[3], budget[3], n = tabs[2] ? 3 : 2;
+    for (int i = 0; i < 3; i++)
+        need[i] = tabs[i] ? th__table_rows(tabs[i]) + 2 : 0;
+    /* A blank line between two sections, when each still has room for a row. */
+    int gaps = left - (n - 1) >= 3 * n ? n - 1 : 0;
+    share_lines(left - gaps, need, budget, n);
+    for (int i = 0; i < n; i++) {
+        if (i > 0 && gaps > 0 && budget[i] >= 2) {
+            line(t, cols, NULL, "");
+            left--;
+        }
+        int used = section(t, cols, titles[i], tabs[i], budget[i] < left ? budget[i] : left);
+        left -= used;
     }
-    left -= section(t, cols, "Workers", w, left);
-    th__table_free(q);
-    th__table_free(w);
+    for (int i = 0; i < 3; i++)
+        th__table_free(tabs[i]);
     if (t->live)
         th__sbuf_adds(&t->frame, "\x1b[J");
     if (t->frame.len)
@@ -365,12 +431,23 @@ int th__cmd_top(th__cli *cli, int argc, char **argv)
             rc = th__http(cli, "GET", "/v1/queues", NULL, &t.queues, NULL);
         if (rc == 0)
             rc = th__http(cli, "GET", "/v1/workers", NULL, &t.workers, NULL);
+        if (rc == 0) {
+            cli->quiet = 1; /* a 404 is no error */
+            rc = fetch_services(cli, &t.services);
+            cli->quiet = 0;
+            if (rc != 0) {
+                char msg[TH_CLI_ERRMSG];
+                snprintf(msg, sizeof msg, "%s", cli->err);
+                th__cli_fail(cli, rc, "%s", msg);
+            }
+        }
         if (rc == 0)
             render(&t);
         th__sbuf_free(&t.frame);
         json_decref(t.stats);
         json_decref(t.queues);
         json_decref(t.workers);
+        json_decref(t.services);
         return rc;
     }
 
@@ -430,5 +507,6 @@ int th__cmd_top(th__cli *cli, int argc, char **argv)
     json_decref(t.stats);
     json_decref(t.queues);
     json_decref(t.workers);
+    json_decref(t.services);
     return TH_CLI_OK;
 }

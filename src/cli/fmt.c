@@ -37,6 +37,26 @@ void th__fmt_duration(int64_t ms, char *buf, size_t size)
         snprintf(buf, size, "%lldd", (long long)(s / 86400));
 }
 
+void th__fmt_bytes(double bytes, char *buf, size_t size)
+{
+    static const char *const units[] = {"KiB", "MiB", "GiB", "TiB", "PiB"};
+    if (!(bytes >= 0)) {
+        snprintf(buf, size, "-");
+        return;
+    }
+    if (bytes < 1024) {
+        snprintf(buf, size, "%.0fB", bytes);
+        return;
+    }
+    size_t u = 0;
+    bytes /= 1024;
+    while (bytes >= 1023.95 && u + 1 < sizeof units / sizeof units[0]) {
+        bytes /= 1024;
+        u++;
+    }
+    snprintf(buf, size, "%.1f%s", bytes, units[u]);
+}
+
 void th__fmt_time(int64_t ms, char *buf, size_t size)
 {
     if (ms <= 0) {

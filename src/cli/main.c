@@ -21,7 +21,8 @@ static const verb verbs[] = {
     {"submit", th__cmd_submit, th__usage_submit, "submit a task; prints its id"},
     {"ls", th__cmd_ls, th__usage_ls, "list tasks"},
     {"show", th__cmd_show, th__usage_show, "show one task"},
-    {"logs", th__cmd_logs, th__usage_logs, "print a task's execution log (--follow)"},
+    {"logs", th__cmd_logs, th__usage_logs,
+     "print a task's execution log or a service's output (--follow)"},
     {"cancel", th__cmd_cancel, th__usage_cancel, "cancel a task"},
     {"retry", th__cmd_retry, th__usage_retry, "run a finished, unsuccessful task again"},
     {"result", th__cmd_result, th__usage_result, "print a completed task's result"},
@@ -31,6 +32,11 @@ static const verb verbs[] = {
     {"stats", th__cmd_stats, th__usage_stats, "print the daemon's metrics"},
     {"watch", th__cmd_watch, th__usage_watch, "live progress of running tasks"},
     {"top", th__cmd_top, th__usage_top, "live full-screen view of the daemon"},
+    {"ps", th__cmd_ps, th__usage_ps, "list the supervised services and the system's health"},
+    {"start", th__cmd_svc_start, th__usage_svc_start, "start a service (or all)"},
+    {"stop", th__cmd_svc_stop, th__usage_svc_stop, "stop a service (or all)"},
+    {"restart", th__cmd_svc_restart, th__usage_svc_restart, "restart a service (or all)"},
+    {"trigger", th__cmd_svc_trigger, th__usage_svc_trigger, "run an event service now"},
 };
 
 #define NVERBS (sizeof verbs / sizeof verbs[0])

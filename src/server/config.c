@@ -14,6 +14,7 @@
  *              batch
  *   [handlers] any key = value, passed to th_pool_set_config
  *   [auth]     token.NAME = SHA256HEX:scope[,scope...]
+ *   [supervisor], [group.NAME], [service.NAME]: see svc_config.c
  *
  * Durations take ms, s, m or h (a bare number is ms); sizes take K, M, G
  * (powers of 1024; a bare number is bytes); booleans true/false/yes/no/on/off.
@@ -30,6 +31,8 @@
 #include <strings.h>
 
 #include "core/alloc.h"
+#include "server/config_values.h"
+#include "server/svc_config.h"
 
 typedef struct parse {
     th__config *c;
@@ -48,7 +51,7 @@ static int fail(parse *p, const char *fmt, ...)
     return 0;
 }
 
-static int parse_int(const char *v, long min, long max, long *out)
+int th__parse_int(const char *v, long min, long max, long *out)
 {
     char *end;
     errno = 0;
@@ -59,7 +62,7 @@ static int parse_int(const char *v, long min, long max, long *out)
     return 0;
 }
 
-static int parse_double(const char *v, double min, double max, double *out)
+int th__parse_double(const char *v, double min, double max, double *out)
 {
     char *end;
     errno = 0;
@@ -70,7 +73,7 @@ static int parse_double(const char *v, double min, double max, double *out)
     return 0;
 }
 
-static int parse_duration(const char *v, int64_t *out)
+int th__parse_duration(const char *v, int64_t *out)
 {
     char *end;
     errno = 0;
@@ -94,7 +97,7 @@ static int parse_duration(const char *v, int64_t *out)
     return 0;
 }
 
-static int parse_size(const char *v, size_t *out)
+int th__parse_size(const char *v, size_t *out)
 {
     char *end;
     errno = 0;
@@ -118,7 +121,7 @@ static int parse_size(const char *v, size_t *out)
     return 0;
 }
 
-static int parse_bool(const char *v, int *out)
+int th__parse_bool(const char *v, int *out)
 {
     static const char *yes[] = {"true", "yes", "on", "1"}, *no[] = {"false", "no", "off", "0"};
     for (int i = 0; i < 4; i++) {
@@ -147,7 +150,7 @@ static int parse_listen(th__config *c, const char *v)
         hl -= 2;
     }
     long port;
-    if (hl >= sizeof c->host || parse_int(colon + 1, 0, 65535, &port))
+    if (hl >= sizeof c->host || th__parse_int(colon + 1, 0, 65535, &port))
         return -1;
     if (hl == 0) {
         h = "127.0.0.1";
@@ -193,32 +196,32 @@ static int server_key(parse *p, const char *k, const char *v)
         if (th_log_level_parse(v, &c->log_level))
             return fail(p, "log_level: '%s' must be debug, info, warn or error%s", v, "");
     } else if (strcmp(k, "max_body") == 0) {
-        if (parse_size(v, &c->max_body) || c->max_body < 1024)
+        if (th__parse_size(v, &c->max_body) || c->max_body < 1024)
             return fail(p, "max_body: '%s' must be a size of at least 1K%s", v, "");
     } else if (strcmp(k, "max_batch_body") == 0) {
-        if (parse_size(v, &c->max_batch_body) || c->max_batch_body < 1024)
+        if (th__parse_size(v, &c->max_batch_body) || c->max_batch_body < 1024)
             return fail(p, "max_batch_body: '%s' must be a size of at least 1K%s", v, "");
     } else if (strcmp(k, "max_batch") == 0) {
-        if (parse_int(v, 1, 100000, &n))
+        if (th__parse_int(v, 1, 100000, &n))
             return fail(p, "max_batch: '%s' must be 1..100000%s", v, "");
         c->max_batch = (int)n;
     } else if (strcmp(k, "max_queued") == 0) {
-        if (parse_size(v, &c->max_queued))
+        if (th__parse_size(v, &c->max_queued))
             return fail(p, "max_queued: '%s' must be a count (0: no limit)", v);
     } else if (strcmp(k, "max_connections") == 0) {
-        if (parse_int(v, 1, 1000000, &n))
+        if (th__parse_int(v, 1, 1000000, &n))
             return fail(p, "max_connections: '%s' must be 1..1000000", v);
         c->max_connections = (size_t)n;
     } else if (strcmp(k, "request_timeout") == 0) {
         int64_t ms;
-        if (parse_duration(v, &ms) || ms < 1000)
+        if (th__parse_duration(v, &ms) || ms < 1000)
             return fail(p, "request_timeout: '%s' must be a duration of at least 1s%s", v, "");
         c->request_timeout_s = (int)(ms / 1000);
     } else if (strcmp(k, "drain_grace") == 0) {
-        if (parse_duration(v, &c->drain_grace_ms))
+        if (th__parse_duration(v, &c->drain_grace_ms))
             return fail(p, "drain_grace: '%s' is not a duration%s", v, "");
     } else if (strcmp(k, "event_buffer") == 0) {
-        if (parse_int(v, 16, 10000000, &n))
+        if (th__parse_int(v, 16, 10000000, &n))
             return fail(p, "event_buffer: '%s' must be 16..10000000%s", v, "");
         c->event_buffer = (size_t)n;
     } else {
@@ -236,27 +239,27 @@ static int pool_key(parse *p, const char *k, const char *v)
     size_t sz;
 #define DURATION(name, field)                                                                      \
     if (strcmp(k, name) == 0) {                                                                    \
-        if (parse_duration(v, &ms))                                                                \
+        if (th__parse_duration(v, &ms))                                                            \
             return fail(p, name ": '%s' is not a duration (e.g. 500ms, 30s, 5m)%s", v, "");        \
         o->field = ms;                                                                             \
         return 1;                                                                                  \
     }
 #define INT(name, field, lo, hi)                                                                   \
     if (strcmp(k, name) == 0) {                                                                    \
-        if (parse_int(v, lo, hi, &n))                                                              \
+        if (th__parse_int(v, lo, hi, &n))                                                          \
             return fail(p, name ": '%s' must be an integer in " #lo ".." #hi "%s", v, "");         \
         o->field = (int)n;                                                                         \
         return 1;                                                                                  \
     }
 #define FRACTION(name, field)                                                                      \
     if (strcmp(k, name) == 0) {                                                                    \
-        if (parse_double(v, 0, 1, &d))                                                             \
+        if (th__parse_double(v, 0, 1, &d))                                                         \
             return fail(p, name ": '%s' must be a number in 0..1%s", v, "");                       \
         o->field = d;                                                                              \
         return 1;                                                                                  \
     }
     if (strcmp(k, "enabled") == 0) {
-        if (parse_bool(v, &p->c->pool_enabled))
+        if (th__parse_bool(v, &p->c->pool_enabled))
             return fail(p, "enabled: '%s' must be true or false%s", v, "");
         return 1;
     }
@@ -270,18 +273,18 @@ static int pool_key(parse *p, const char *k, const char *v)
         return 1;
     }
     if (strcmp(k, "autoscale") == 0) {
-        if (parse_bool(v, &o->autoscale))
+        if (th__parse_bool(v, &o->autoscale))
             return fail(p, "autoscale: '%s' must be true or false%s", v, "");
         return 1;
     }
     if (strcmp(k, "max_queue") == 0) {
-        if (parse_size(v, &sz) || sz < 1)
+        if (th__parse_size(v, &sz) || sz < 1)
             return fail(p, "max_queue: '%s' must be a positive count%s", v, "");
         o->max_queue = sz;
         return 1;
     }
     if (strcmp(k, "worker_memory_limit") == 0) {
-        if (parse_size(v, &sz))
+        if (th__parse_size(v, &sz))
             return fail(p, "worker_memory_limit: '%s' is not a size (e.g. 512M)%s", v, "");
         o->worker_memory_limit = sz;
         return 1;
@@ -397,6 +400,13 @@ static int on_ini(void *user, const char *section, const char *name, const char 
         return auth_key(p, name, value);
     if (strcmp(section, "handlers") == 0)
         return handler_key(p, name, value);
+    if (strcmp(section, "supervisor") == 0 || strncmp(section, "service.", 8) == 0 ||
+        strncmp(section, "group.", 6) == 0) {
+        char e[300];
+        if (!th__svc_config_key(p->c, section, name, value, 0, e, sizeof e))
+            return fail(p, "%s", e);
+        return 1;
+    }
     return fail(p, "unknown section [%s]%s", section, "");
 }
 
@@ -514,6 +524,12 @@ int th__config_load(th__config *c, int argc, char **argv, char *err, size_t errl
         snprintf(err, errlen, "out of memory");
         return -1;
     }
+    if (th__svc_config_finish(c, err, errlen) != 0) {
+        char msg[600];
+        snprintf(msg, sizeof msg, "%s: %s", file ? file : "configuration", err);
+        snprintf(err, errlen, "%s", msg);
+        return -1;
+    }
     th_error perr;
     if (th_pool_options_check(&c->pool, &perr)) {
         snprintf(err, errlen, "%s: [pool] %s", file ? file : "configuration", perr.message);
@@ -524,6 +540,7 @@ int th__config_load(th__config *c, int argc, char **argv, char *err, size_t errl
 
 void th__config_free(th__config *c)
 {
+    th__svc_config_free(c);
     th__free(c->file);
     th__free(c->data_dir);
     th__free(c->store);

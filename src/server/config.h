@@ -12,6 +12,7 @@
 #include "pool/ctx.h"
 #include "taskhive/pool.h"
 #include "taskhive/store.h"
+#include "taskhive/supervisor.h"
 
 enum {
     TH_SCOPE_READ = 1,
@@ -25,6 +26,22 @@ typedef struct th__token {
     unsigned char hash[32]; /* SHA-256 of the token; the token itself is never stored */
     unsigned scopes;
 } th__token;
+
+/* One [service.NAME] section: the spec and the strings it points to. */
+typedef struct th__svc_conf {
+    char name[TH_SERVICE_NAME_MAX + 1];
+    int line;
+    th_service_spec spec;
+    char **argv, **env, **deps;
+    size_t argc, nenv, ndeps;
+    char *command, *cwd, *user, *cron, *group, *trigger_queue;
+    char *health_command, *health_url, *health_host;
+} th__svc_conf;
+
+typedef struct th__group_conf {
+    char name[TH_SERVICE_NAME_MAX + 1];
+    th_group_strategy strategy;
+} th__group_conf;
 
 typedef struct th__config {
     char *file; /* the INI file read, or NULL */
@@ -50,6 +67,13 @@ typedef struct th__config {
     size_t ntokens;
     char *port_file;
     int check_only;
+    /* The supervisor (svc_config.c). */
+    char *sv_log_dir;
+    int64_t sv_sample_ms;
+    th__svc_conf *svcs;
+    size_t nsvcs;
+    th__group_conf *groups;
+    size_t ngroups;
 } th__config;
 
 /*

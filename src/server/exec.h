@@ -41,6 +41,7 @@ struct th__job {
     size_t n;
     char (*ids)[TH_ID_SIZE];
     char id[TH_ID_SIZE];
+    char name[TH_QUEUE_NAME_MAX + 1]; /* a service name */
     uint64_t lease;
     char *text;
     int flags;

@@ -59,6 +59,8 @@ typedef struct th__server {
     struct th__exec *exec; /* exec.c */
     th__conn *conns;       /* open connections (conn.c) */
     struct event *drained; /* the drain thread is done */
+    th_supervisor *sv;     /* services.c; NULL without [service.*] */
+    int sv_sub;
     pthread_t drainer;
     int has_drainer;
     size_t nconns;

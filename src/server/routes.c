@@ -8,6 +8,7 @@
 
 #include "core/alloc.h"
 #include "server/http.h"
+#include "server/services.h"
 
 #define SEG(i, s) (q->nseg > (i) && strcmp(q->seg[i], (s)) == 0)
 
@@ -711,6 +712,9 @@ void th__route_dispatch(th__req *q, enum evhttp_cmd_type method)
                 method_not_allowed(q, "POST");
             return;
         }
+    } else if (SEG(1, "services") && q->nseg <= 4) {
+        th__route_services(q, get, post);
+        return;
     } else if (SEG(1, "stats") && q->nseg == 2) {
         if (!get) {
             method_not_allowed(q, "GET");

@@ -28,6 +28,7 @@
 #include "server/exec.h"
 #include "server/http.h"
 #include "server/log.h"
+#include "server/services.h"
 
 /* Sends one sd_notify message when systemd asked for them (NOTIFY_SOCKET). */
 static void sd_notify(const char *msg)
@@ -75,6 +76,7 @@ static void *drain_main(void *arg)
     th__server *s = arg;
     if (s->pool)
         th_pool_stop(s->pool, s->cfg.drain_grace_ms);
+    th__services_stop(s); /* reverse dependency order, each with its stop timeout */
     event_active(s->drained, EV_READ, 0);
     return NULL;
 }
@@ -103,6 +105,7 @@ static void on_stop(evutil_socket_t sig, short what, void *arg)
     }
     if (s->pool) /* could not start the thread: drain here */
         th_pool_stop(s->pool, s->cfg.drain_grace_ms);
+    th__services_stop(s);
     drain_check(0, 0, s);
 }
 
@@ -250,6 +253,10 @@ int th__server_main(int argc, char **argv)
         fprintf(stderr, "taskhive: %s\n", err);
         goto out;
     }
+    if (th__services_start(s, err, sizeof err) != 0) {
+        fprintf(stderr, "taskhive: %s\n", err);
+        goto out;
+    }
     if (th__exec_start(s, 8) != 0) {
         fprintf(stderr, "taskhive: cannot start executor threads\n");
         goto out;
@@ -318,6 +325,7 @@ out:
     th__conn_free_all(s);
     if (s->pool)
         th_pool_free(s->pool);
+    th__services_free(s);
     if (s->engine)
         th_engine_free(s->engine); /* flushes the store */
     if (s->keepalive)
