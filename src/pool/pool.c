@@ -620,17 +620,14 @@ static void abandoned_exit(th__worker *w)
     }
 }
 
-static void *thread_worker_main(void *arg)
+int th__pool_claim(th__worker *w, const char *name, th_task **tasks, const char **why)
 {
-    th__worker *w = arg;
     th_pool *p = w->pool;
-    char name[32];
-    snprintf(name, sizeof name, "pool-worker-%d", w->id);
-    const char *why = "stopped";
-    th_task *tasks[64];
     for (;;) {
-        if (th__worker_stopping(w))
-            break;
+        if (th__worker_stopping(w)) {
+            *why = "stopped";
+            return 0;
+        }
         th_claim_options co = {
             .queues = p->queues,
             .nqueues = p->nhandlers,
@@ -642,23 +639,35 @@ static void *thread_worker_main(void *arg)
         };
         th_error err;
         int n = th_engine_claim(p->e, &co, tasks, &err);
+        if (n > 0)
+            return n;
         if (n < 0) {
             th__pool_emit(p, TH_PEV_WORKER_ERROR, w->id, NULL, err.message, n);
-            why = "claim failed";
+            *why = "claim failed";
+            return 0;
+        }
+        pthread_mutex_lock(&p->mu);
+        int retire = !th__worker_stopping(w) && should_retire_idle(p, w);
+        pthread_mutex_unlock(&p->mu);
+        if (retire) {
+            *why = "idle timeout";
+            return 0;
+        }
+    }
+}
+
+static void *thread_worker_main(void *arg)
+{
+    th__worker *w = arg;
+    th_pool *p = w->pool;
+    char name[32];
+    snprintf(name, sizeof name, "pool-worker-%d", w->id);
+    const char *why = "stopped";
+    th_task *tasks[64];
+    for (;;) {
+        int n = th__pool_claim(w, name, tasks, &why);
+        if (n == 0)
             break;
-        }
-        if (n == 0) {
-            if (th__worker_stopping(w))
-                break;
-            pthread_mutex_lock(&p->mu);
-            int retire = should_retire_idle(p, w);
-            pthread_mutex_unlock(&p->mu);
-            if (retire) {
-                why = "idle timeout";
-                break;
-            }
-            continue;
-        }
         th__held_set(w, tasks, n);
         deferred d;
         d.n = 0;

@@ -137,6 +137,10 @@ int th__held_cancelled(th__worker *w, const char *id);
 /* Hands back (TH_FAIL_RELEASE) a task the worker will not run, e.g.
  * because the pool is stopping. */
 void th__pool_release(th__worker *w, th_task *t, const char *why);
+/* Claims for a worker: blocks until it gets tasks (returns how many) or must
+ * leave (returns 0 with *why: "stopped", "claim failed" or "idle timeout",
+ * the last when it is idle above min_workers). */
+int th__pool_claim(th__worker *w, const char *name, th_task **tasks, const char **why);
 /* Marks a worker's thread as gone and wakes the manager. */
 void th__pool_worker_exit(th__worker *w, const char *why);
 /* Runs the outcome of a handler through the engine and the pool's books. */

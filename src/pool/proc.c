@@ -473,40 +473,9 @@ void *th__proc_worker_main(void *arg)
     uint64_t since_spawn = 0;
     th_task *tasks[64];
     for (;;) {
-        if (th__worker_stopping(w))
+        int n = th__pool_claim(w, name, tasks, &why);
+        if (n == 0)
             break;
-        th_claim_options co = {
-            .queues = p->queues,
-            .nqueues = p->nhandlers,
-            .max_tasks = (size_t)p->o.batch,
-            .lease_ms = p->o.lease_ms,
-            .wait_ms = p->o.worker_idle_timeout_ms,
-            .worker = name,
-            .stop = &w->stop,
-        };
-        th_error err;
-        int n = th_engine_claim(p->e, &co, tasks, &err);
-        if (n < 0) {
-            th__pool_emit(p, TH_PEV_WORKER_ERROR, w->id, NULL, err.message, n);
-            why = "claim failed";
-            break;
-        }
-        if (n == 0) {
-            if (th__worker_stopping(w))
-                break;
-            pthread_mutex_lock(&p->mu);
-            int retire = p->live > p->o.min_workers && w->counted;
-            if (retire) {
-                w->counted = 0;
-                p->live--;
-            }
-            pthread_mutex_unlock(&p->mu);
-            if (retire) {
-                why = "idle timeout";
-                break;
-            }
-            continue;
-        }
         th__held_set(w, tasks, n);
         for (int i = 0; i < n; i++) {
             th_task *t = tasks[i];
