@@ -46,6 +46,7 @@ struct th__job {
     char *text;
     int flags;
     th_task *task; /* a snapshot for the reply */
+    void *extra;   /* anything else a job kind needs (freed by its done) */
 };
 
 /* Starts `threads` executor threads. 0 or -1. */

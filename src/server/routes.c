@@ -713,7 +713,7 @@ void th__route_dispatch(th__req *q, enum evhttp_cmd_type method)
             return;
         }
     } else if (SEG(1, "services") && q->nseg <= 4) {
-        th__route_services(q, get, post);
+        th__route_services(q, method);
         return;
     } else if (SEG(1, "stats") && q->nseg == 2) {
         if (!get) {

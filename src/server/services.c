@@ -8,11 +8,14 @@
  * the executor).
  */
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
 #include "core/alloc.h"
+#include "core/error.h"
 #include "server/exec.h"
 #include "server/http.h"
 #include "server/log.h"
@@ -47,8 +50,8 @@ static void on_engine_event(const th_event *ev, void *ud)
 
 int th__services_start(th__server *s, char *err, size_t errlen)
 {
-    if (!s->cfg.nsvcs)
-        return 0;
+    /* Made even without configured services: they can be added through
+     * the API. It costs one idle thread. */
     char dir[4200];
     if (s->cfg.sv_log_dir)
         snprintf(dir, sizeof dir, "%s", s->cfg.sv_log_dir);
@@ -254,6 +257,336 @@ static void action_done(th__job *j, th__req *q)
     th__free(j->text);
 }
 
+/* ---- adding and removing at run time ---------------------------------------- */
+
+/* A port number, or 0 (refused by th_service_spec_check) when it is not one. */
+static int atoi_port(const char *v)
+{
+    char *end;
+    long p = strtol(v, &end, 10);
+    return *end || end == v || p < 1 || p > 65535 ? 0 : (int)p;
+}
+
+/* A JSON body → spec. Strings are borrowed from `o`; the arrays (and the
+ * env's KEY=VALUE texts) are added to `owned`, freed by the caller. */
+static int spec_parse(json_t *o, th_service_spec *sp, char ***owned, size_t *nowned, th_error *err)
+{
+    static const char *const fields[] = {"name",
+                                         "argv",
+                                         "command",
+                                         "cwd",
+                                         "env",
+                                         "user",
+                                         "instances",
+                                         "type",
+                                         "interval_ms",
+                                         "cron",
+                                         "deps",
+                                         "group",
+                                         "restart",
+                                         "backoff_ms",
+                                         "backoff_max_ms",
+                                         "max_restarts",
+                                         "restart_window_ms",
+                                         "stop_signal",
+                                         "stop_timeout_ms",
+                                         "start_timeout_ms",
+                                         "notify",
+                                         "memory_limit",
+                                         "log_max_bytes",
+                                         "log_keep",
+                                         "health",
+                                         "start",
+                                         NULL};
+    int rc = th__json_known_fields(o, fields, "", err);
+    if (rc)
+        return rc;
+    json_t *name = json_object_get(o, "name");
+    if (!json_is_string(name))
+        return th__err(err, TH_EINVAL, "name", "name is required (a string)");
+    th_service_spec_init(sp, json_string_value(name));
+#define STR(key, slot)                                                                             \
+    do {                                                                                           \
+        json_t *v_ = json_object_get(o, key);                                                      \
+        if (v_ && !json_is_null(v_)) {                                                             \
+            if (!json_is_string(v_))                                                               \
+                return th__err(err, TH_EINVAL, key, "%s must be a string", key);                   \
+            slot = json_string_value(v_);                                                          \
+        }                                                                                          \
+    } while (0)
+#define INT(key, slot)                                                                             \
+    do {                                                                                           \
+        json_t *v_ = json_object_get(o, key);                                                      \
+        if (v_) {                                                                                  \
+            if (!json_is_integer(v_))                                                              \
+                return th__err(err, TH_EINVAL, key, "%s must be an integer", key);                 \
+            slot = json_integer_value(v_);                                                         \
+        }                                                                                          \
+    } while (0)
+    STR("command", sp->command);
+    sp->use_shell = sp->command != NULL;
+    STR("cwd", sp->cwd);
+    STR("user", sp->user);
+    STR("cron", sp->cron);
+    STR("group", sp->group);
+    json_int_t inst = sp->instances, mr = sp->max_restarts, keep = sp->log_keep;
+    json_int_t mem = 0, logmax = (json_int_t)sp->log_max_bytes;
+    INT("instances", inst);
+    INT("interval_ms", sp->interval_ms);
+    INT("backoff_ms", sp->backoff_initial_ms);
+    INT("backoff_max_ms", sp->backoff_max_ms);
+    INT("max_restarts", mr);
+    INT("restart_window_ms", sp->restart_window_ms);
+    INT("stop_timeout_ms", sp->stop_timeout_ms);
+    INT("start_timeout_ms", sp->start_timeout_ms);
+    INT("memory_limit", mem);
+    INT("log_max_bytes", logmax);
+    INT("log_keep", keep);
+    if (inst < 0 || inst > 1000 || mr < -1 || mr > 1000000 || keep < 0 || keep > 1000 || mem < 0 ||
+        logmax < 0)
+        return th__err(err, TH_EINVAL, inst < 0 || inst > 1000 ? "instances" : "max_restarts",
+                       "instances, max_restarts, log_keep and sizes must be in range");
+    sp->instances = (int)inst;
+    sp->max_restarts = (int)mr;
+    sp->log_keep = (int)keep;
+    sp->memory_limit = (size_t)mem;
+    sp->log_max_bytes = (size_t)logmax;
+    json_t *nt = json_object_get(o, "notify");
+    if (nt && !json_is_boolean(nt))
+        return th__err(err, TH_EINVAL, "notify", "notify must be true or false");
+    sp->notify = json_is_true(nt);
+    const char *t = NULL, *r = NULL, *sig = NULL;
+    STR("type", t);
+    STR("restart", r);
+    STR("stop_signal", sig);
+    if (t) {
+        static const char *const types[] = {"always", "periodic", "oneshot", "event"};
+        int found = -1;
+        for (int i = 0; i < 4; i++)
+            if (strcmp(t, types[i]) == 0)
+                found = i;
+        if (found < 0)
+            return th__err(err, TH_EINVAL, "type",
+                           "type must be always, periodic, oneshot or event");
+        sp->type = (th_service_type)found;
+    }
+    if (r) {
+        if (strcmp(r, "always") == 0)
+            sp->restart = TH_RESTART_ALWAYS;
+        else if (strcmp(r, "on-failure") == 0)
+            sp->restart = TH_RESTART_ON_FAILURE;
+        else if (strcmp(r, "never") == 0)
+            sp->restart = TH_RESTART_NEVER;
+        else
+            return th__err(err, TH_EINVAL, "restart",
+                           "restart must be always, on-failure or never");
+    }
+    if (sig) {
+        static const struct {
+            const char *n;
+            int s;
+        } sigs[] = {{"TERM", SIGTERM}, {"INT", SIGINT},   {"HUP", SIGHUP},  {"QUIT", SIGQUIT},
+                    {"KILL", SIGKILL}, {"USR1", SIGUSR1}, {"USR2", SIGUSR2}};
+        sp->stop_signal = 0;
+        for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
+            if (strcmp(sig, sigs[i].n) == 0)
+                sp->stop_signal = sigs[i].s;
+        if (!sp->stop_signal)
+            return th__err(err, TH_EINVAL, "stop_signal",
+                           "stop_signal must be TERM, INT, HUP, QUIT, KILL, USR1 or USR2");
+    }
+    /* Arrays: argv and deps of strings; env an object of strings. */
+    const char *keys[2] = {"argv", "deps"};
+    for (int a = 0; a < 2; a++) {
+        json_t *arr = json_object_get(o, keys[a]);
+        if (!arr || json_is_null(arr))
+            continue;
+        if (!json_is_array(arr) || json_array_size(arr) > 256)
+            return th__err(err, TH_EINVAL, keys[a], "%s must be an array of strings", keys[a]);
+        size_t n = json_array_size(arr);
+        const char **v = th__calloc(n ? n : 1, sizeof *v);
+        char **ov = v ? th__realloc(*owned, (*nowned + 1) * sizeof *ov) : NULL;
+        if (!ov) {
+            th__free(v);
+            return th__err(err, TH_ENOMEM, "", "out of memory");
+        }
+        *owned = ov;
+        ov[(*nowned)++] = (char *)v;
+        for (size_t i = 0; i < n; i++) {
+            if (!json_is_string(json_array_get(arr, i))) {
+                char field[32];
+                snprintf(field, sizeof field, "%s[%zu]", keys[a], i);
+                return th__err(err, TH_EINVAL, field, "%s must be a string", field);
+            }
+            v[i] = json_string_value(json_array_get(arr, i));
+        }
+        if (a == 0) {
+            sp->argv = v;
+            sp->argc = n;
+        } else {
+            sp->deps = v;
+            sp->ndeps = n;
+        }
+    }
+    json_t *env = json_object_get(o, "env");
+    if (env && !json_is_null(env)) {
+        if (!json_is_object(env) || json_object_size(env) > 256)
+            return th__err(err, TH_EINVAL, "env", "env must be an object of strings");
+        size_t n = json_object_size(env), i = 0;
+        const char **v = th__calloc(n ? n : 1, sizeof *v);
+        char **ov = v ? th__realloc(*owned, (*nowned + n + 1) * sizeof *ov) : NULL;
+        if (!ov) {
+            th__free(v);
+            return th__err(err, TH_ENOMEM, "", "out of memory");
+        }
+        *owned = ov;
+        ov[(*nowned)++] = (char *)v;
+        const char *k;
+        json_t *x;
+        json_object_foreach(env, k, x)
+        {
+            char field[80];
+            snprintf(field, sizeof field, "env.%.60s", k);
+            if (!json_is_string(x))
+                return th__err(err, TH_EINVAL, field, "%s must be a string", field);
+            size_t len = strlen(k) + json_string_length(x) + 2;
+            char *kv = th__malloc(len);
+            if (!kv)
+                return th__err(err, TH_ENOMEM, "", "out of memory");
+            snprintf(kv, len, "%s=%s", k, json_string_value(x));
+            ov[(*nowned)++] = kv;
+            v[i++] = kv;
+        }
+        sp->env = v;
+        sp->nenv = n;
+    }
+    json_t *h = json_object_get(o, "health");
+    if (h && !json_is_null(h)) {
+        static const char *const hf[] = {"kind",        "command",    "url",      "address",
+                                         "interval_ms", "timeout_ms", "failures", NULL};
+        if (!json_is_object(h))
+            return th__err(err, TH_EINVAL, "health", "health must be an object");
+        if ((rc = th__json_known_fields(h, hf, "health.", err)))
+            return rc;
+        const char *kind = json_string_value(json_object_get(h, "kind"));
+        if (!kind || (strcmp(kind, "command") && strcmp(kind, "http") && strcmp(kind, "tcp") &&
+                      strcmp(kind, "none")))
+            return th__err(err, TH_EINVAL, "health.kind",
+                           "health.kind must be command, http, tcp or none");
+        sp->health.kind = strcmp(kind, "command") == 0 ? TH_HEALTH_COMMAND
+                          : strcmp(kind, "http") == 0  ? TH_HEALTH_HTTP
+                          : strcmp(kind, "tcp") == 0   ? TH_HEALTH_TCP
+                                                       : TH_HEALTH_NONE;
+        sp->health.command = json_string_value(json_object_get(h, "command"));
+        sp->health.url = json_string_value(json_object_get(h, "url"));
+        const char *addr = json_string_value(json_object_get(h, "address"));
+        if (addr) {
+            const char *colon = strrchr(addr, ':');
+            char *host = colon ? th__strndup(addr, (size_t)(colon - addr)) : NULL;
+            char **ov = host ? th__realloc(*owned, (*nowned + 1) * sizeof *ov) : NULL;
+            if (!colon)
+                return th__err(err, TH_EINVAL, "health.address",
+                               "health.address must be HOST:PORT");
+            if (!ov) {
+                th__free(host);
+                return th__err(err, TH_ENOMEM, "", "out of memory");
+            }
+            *owned = ov;
+            ov[(*nowned)++] = host;
+            sp->health.host = host;
+            sp->health.port = atoi_port(colon + 1);
+        }
+        json_int_t fails = sp->health.failures_before_restart;
+        json_t *hv;
+        if ((hv = json_object_get(h, "interval_ms")) && json_is_integer(hv))
+            sp->health.interval_ms = json_integer_value(hv);
+        if ((hv = json_object_get(h, "timeout_ms")) && json_is_integer(hv))
+            sp->health.timeout_ms = json_integer_value(hv);
+        if ((hv = json_object_get(h, "failures")) && json_is_integer(hv))
+            fails = json_integer_value(hv);
+        sp->health.failures_before_restart = (int)fails;
+    }
+#undef STR
+#undef INT
+    return th_service_spec_check(sp, err);
+}
+
+static void add_run(th__job *j)
+{
+    th_service_spec *sp = j->extra;
+    j->rc = th_supervisor_add(j->s->sv, sp, &j->err);
+    if (j->rc == 0 && j->flags)
+        j->rc = th_supervisor_start(j->s->sv, sp->name, &j->err);
+}
+
+static void add_done(th__job *j, th__req *q)
+{
+    th_service_spec *sp = j->extra;
+    th_service_info *v;
+    size_t n;
+    if (j->rc) {
+        th__reply_engine_error(q, j->rc, &j->err);
+    } else if (th_supervisor_list(j->s->sv, sp->name, &v, &n, NULL) == 0) {
+        th__reply_json(q, 201,
+                       json_pack("{s:s,s:o}", "name", sp->name, "services", info_json(v, n)));
+        th_service_info_free(v);
+    } else {
+        th__reply_json(q, 201, json_pack("{s:s}", "name", sp->name));
+    }
+    th__free(sp);
+    th__json_owned_free(j->owned, j->nowned);
+    json_decref(j->body);
+}
+
+static void add(th__req *q)
+{
+    json_t *body = th__req_body(q, q->s->cfg.max_body);
+    if (!body)
+        return;
+    th__job *j = th__calloc(1, sizeof *j);
+    th_service_spec *sp = th__calloc(1, sizeof *sp);
+    if (!j || !sp) {
+        th__free(j);
+        th__free(sp);
+        json_decref(body);
+        th__reply_error(q, 500, "ENOMEM", "", "out of memory");
+        return;
+    }
+    j->r = q->r;
+    j->body = body;
+    j->extra = sp;
+    j->run = add_run;
+    j->done = add_done;
+    snprintf(j->path, sizeof j->path, "%s", q->path);
+    json_t *st = json_object_get(body, "start");
+    j->flags = !st || json_is_true(st);
+    if (st && !json_is_boolean(st))
+        j->rc = th__err(&j->err, TH_EINVAL, "start", "start must be true or false");
+    else
+        j->rc = spec_parse(body, sp, &j->owned, &j->nowned, &j->err);
+    if (j->rc) {
+        add_done(j, q);
+        th__free(j);
+        return;
+    }
+    th__exec_push(q->s, j);
+}
+
+static void remove_run(th__job *j)
+{
+    j->rc = th_supervisor_remove(j->s->sv, j->name, &j->err);
+}
+
+static void remove_done(th__job *j, th__req *q)
+{
+    if (j->rc == TH_EBUSY) /* another service depends on it: a conflict, not a full queue */
+        th__reply_error(q, 409, "EBUSY", "name", "%s", j->err.message);
+    else if (j->rc)
+        th__reply_engine_error(q, j->rc, &j->err);
+    else
+        th__reply_json(q, 200, json_pack("{s:s,s:b}", "name", j->name, "removed", 1));
+}
+
 static void action(th__req *q, const char *name, const char *what)
 {
     th__job *j = th__calloc(1, sizeof *j);
@@ -270,13 +603,41 @@ static void action(th__req *q, const char *name, const char *what)
     th__exec_push(q->s, j);
 }
 
-void th__route_services(th__req *q, int get, int post)
+static void not_allowed(th__req *q, const char *allow)
 {
+    evhttp_add_header(evhttp_request_get_output_headers(q->r), "Allow", allow);
+    th__reply_error(q, 405, "EMETHOD", "", "%s allows %s", q->path, allow);
+}
+
+void th__route_services(th__req *q, enum evhttp_cmd_type method)
+{
+    int get = method == EVHTTP_REQ_GET || method == EVHTTP_REQ_HEAD,
+        post = method == EVHTTP_REQ_POST;
     /* q->seg: v1 services [name] [action] */
+    if (q->nseg == 2 && post) {
+        if (th__req_allow(q, TH_SCOPE_ADMIN))
+            add(q);
+        return;
+    }
+    if (q->nseg == 3 && method == EVHTTP_REQ_DELETE && strcmp(q->seg[2], "health") != 0) {
+        if (!th__req_allow(q, TH_SCOPE_ADMIN))
+            return;
+        th__job *j = th__calloc(1, sizeof *j);
+        if (!j) {
+            th__reply_error(q, 500, "ENOMEM", "", "out of memory");
+            return;
+        }
+        j->r = q->r;
+        j->run = remove_run;
+        j->done = remove_done;
+        snprintf(j->name, sizeof j->name, "%s", q->seg[2]);
+        snprintf(j->path, sizeof j->path, "%s", q->path);
+        th__exec_push(q->s, j);
+        return;
+    }
     if (q->nseg == 2 || (q->nseg == 3 && strcmp(q->seg[2], "health") == 0)) {
         if (!get) {
-            evhttp_add_header(evhttp_request_get_output_headers(q->r), "Allow", "GET");
-            th__reply_error(q, 405, "EMETHOD", "", "%s allows GET", q->path);
+            not_allowed(q, q->nseg == 2 ? "GET, POST" : "GET");
             return;
         }
         if (!th__req_allow(q, TH_SCOPE_READ))
@@ -292,8 +653,7 @@ void th__route_services(th__req *q, int get, int post)
     const char *name = q->seg[2];
     if (q->nseg == 3 || (q->nseg == 4 && strcmp(q->seg[3], "logs") == 0)) {
         if (!get) {
-            evhttp_add_header(evhttp_request_get_output_headers(q->r), "Allow", "GET");
-            th__reply_error(q, 405, "EMETHOD", "", "%s allows GET", q->path);
+            not_allowed(q, q->nseg == 3 ? "GET, DELETE" : "GET");
             return;
         }
         if (!th__req_allow(q, TH_SCOPE_READ))
@@ -314,8 +674,7 @@ void th__route_services(th__req *q, int get, int post)
         return;
     }
     if (!post) {
-        evhttp_add_header(evhttp_request_get_output_headers(q->r), "Allow", "POST");
-        th__reply_error(q, 405, "EMETHOD", "", "%s allows POST", q->path);
+        not_allowed(q, "POST");
         return;
     }
     if (!th__req_allow(q, TH_SCOPE_ADMIN))

@@ -13,6 +13,6 @@ int th__services_start(th__server *s, char *err, size_t errlen);
 void th__services_stop(th__server *s);
 void th__services_free(th__server *s);
 /* /v1/services[/...] (q->seg[1] is "services"). */
-void th__route_services(th__req *q, int get, int post);
+void th__route_services(th__req *q, enum evhttp_cmd_type method);
 
 #endif

@@ -147,6 +147,60 @@ static void test_services_lifecycle(void **state)
     free(dir);
 }
 
+/* Services added and removed at run time through the API. */
+static void test_add_remove(void **state)
+{
+    char *dir = thd_newdir("svcadd");
+    thd_daemon *d = thd_start(dir, NULL);
+    *state = d;
+    thd_resp *r =
+        thd_req(d, "POST", "/v1/services", "{\"name\": \"extra\", \"argv\": [\"sleep\", \"300\"]}");
+    thd_assert_status(r, 201);
+    thd_resp_free(r);
+    long pid = wait_state(d, "extra", "running");
+    assert_true(pid > 0);
+    assert_int_equal(kill((pid_t)pid, 0), 0);
+
+    r = thd_req(d, "POST", "/v1/services", "{\"name\": \"extra\", \"argv\": [\"true\"]}");
+    thd_assert_error(r, 409, "ECONFLICT", "name");
+    thd_resp_free(r);
+    r = thd_req(d, "POST", "/v1/services",
+                "{\"name\": \"bad\", \"argv\": [\"true\"], "
+                "\"health\": {\"kind\": \"http\"}}");
+    thd_assert_error(r, 400, "EINVAL", "health.url");
+    thd_resp_free(r);
+    r = thd_req(d, "POST", "/v1/services",
+                "{\"name\": \"bad\", \"argv\": [\"true\"], "
+                "\"colour\": 1}");
+    thd_assert_error(r, 400, "EINVAL", "colour");
+    thd_resp_free(r);
+
+    /* A dependent blocks removal; removed, its process is gone. */
+    r = thd_req(d, "POST", "/v1/services",
+                "{\"name\": \"needs\", \"argv\": [\"sleep\", \"300\"], \"deps\": [\"extra\"]}");
+    thd_assert_status(r, 201);
+    thd_resp_free(r);
+    r = thd_req(d, "DELETE", "/v1/services/extra", NULL);
+    thd_assert_error(r, 409, "EBUSY", "name");
+    thd_resp_free(r);
+    r = thd_req(d, "DELETE", "/v1/services/needs", NULL);
+    thd_assert_status(r, 200);
+    thd_resp_free(r);
+    r = thd_req(d, "DELETE", "/v1/services/extra", NULL);
+    thd_assert_status(r, 200);
+    thd_resp_free(r);
+    for (int waited = 0; waited < THD_WAIT_MS && kill((pid_t)pid, 0) == 0; waited += 20)
+        thd_sleep_ms(20);
+    assert_int_equal(kill((pid_t)pid, 0), -1);
+    r = thd_req(d, "GET", "/v1/services/extra", NULL);
+    thd_assert_error(r, 404, "ENOTFOUND", "name");
+    thd_resp_free(r);
+    thd_stop(d);
+    thd_free(d);
+    *state = NULL;
+    free(dir);
+}
+
 static void test_cycle_refused(void **state)
 {
     char *dir = thd_newdir("cycle");
@@ -169,6 +223,7 @@ int main(void)
     thd_curl_init();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_services_lifecycle, thd_teardown),
+        cmocka_unit_test_teardown(test_add_remove, thd_teardown),
         cmocka_unit_test(test_cycle_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
