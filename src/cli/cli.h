@@ -243,13 +243,15 @@ int th__cmd_svc_start(th__cli *cli, int argc, char **argv);
 int th__cmd_svc_stop(th__cli *cli, int argc, char **argv);
 int th__cmd_svc_restart(th__cli *cli, int argc, char **argv);
 int th__cmd_svc_trigger(th__cli *cli, int argc, char **argv);
+int th__cmd_svc_add(th__cli *cli, int argc, char **argv);
+int th__cmd_svc_rm(th__cli *cli, int argc, char **argv);
 
 /* Usage texts, printed by `VERB --help` and `taskhive help VERB`. */
 extern const char th__usage_submit[], th__usage_ls[], th__usage_show[], th__usage_logs[],
     th__usage_cancel[], th__usage_retry[], th__usage_result[], th__usage_graph[],
     th__usage_workers[], th__usage_queues[], th__usage_stats[], th__usage_watch[], th__usage_top[],
     th__usage_ps[], th__usage_svc_start[], th__usage_svc_stop[], th__usage_svc_restart[],
-    th__usage_svc_trigger[];
+    th__usage_svc_trigger[], th__usage_svc_add[], th__usage_svc_rm[];
 
 /* Prints `usage` to stdout and returns TH_CLI_OK (for --help). */
 int th__print_usage(const char *usage);
@@ -273,6 +275,13 @@ int th__is_task_id(const char *s);
  * (NAME STATE PID CPU MEM RESTARTS); else those of `ps` (NAME PID STATE
  * UPTIME RESTARTS CPU MEM TYPE NEXT). NULL on OOM. */
 th__table *th__services_table(const json_t *services, const char *only, int brief);
+/* Appends "/v1/services[/<name>]<suffix>" (`name` unescaped: check it with
+ * th__is_service_name first; NULL for the list). */
+void th__service_path(th__sbuf *b, const char *name, const char *suffix);
+/* Prints, as `ps` does, the rows of service `only` (NULL: every one) found in
+ * an answer holding {"services": [...]}, a bare array or one service object.
+ * Returns the number of rows printed (0: nothing printed). */
+int th__print_service_rows(json_t *answer, const char *only);
 /* Prints the logs of service `name` (the rest of `logs`, cmd_logs.c): the
  * last `lines` lines, then with `follow` the new ones every second until
  * Ctrl-C. Returns an exit status. */

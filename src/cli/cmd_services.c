@@ -219,7 +219,7 @@ static json_t *services_of(json_t *answer)
  * server takes path segments as they are, and a service name (checked with
  * th__is_service_name first) has only characters a path may hold (':'
  * included, which escaping would turn into "%3A"). */
-static void service_path(th__sbuf *b, const char *name, const char *suffix)
+void th__service_path(th__sbuf *b, const char *name, const char *suffix)
 {
     th__sbuf_adds(b, "/v1/services");
     if (name) {
@@ -234,7 +234,7 @@ static int get_services(th__cli *cli, const char *name, json_t **out)
 {
     th__sbuf path;
     th__sbuf_init(&path, 4096);
-    service_path(&path, name, "");
+    th__service_path(&path, name, "");
     long status = 0;
     int quiet = cli->quiet;
     cli->quiet = 1;
@@ -248,6 +248,18 @@ static int get_services(th__cli *cli, const char *name, json_t **out)
     if (status == 404 && !name)
         return th__cli_fail(cli, rc, "%s (is the daemon older than this client?)", msg);
     return th__cli_fail(cli, rc, "%s", msg);
+}
+
+int th__print_service_rows(json_t *answer, const char *only)
+{
+    json_t *list = services_of(answer);
+    th__table *t = list ? th__services_table(list, only, 0) : NULL;
+    int rows = t ? th__table_rows(t) : 0;
+    if (rows > 0)
+        emit(t);
+    th__table_free(t);
+    json_decref(list);
+    return rows;
 }
 
 /* ---- ps ------------------------------------------------------------------------ */
@@ -287,7 +299,8 @@ int th__cmd_ps(th__cli *cli, int argc, char **argv)
             json_decref(both);
         }
     } else if (json_array_size(list) == 0) {
-        fprintf(stderr, "no services (the daemon's configuration has no [service.NAME])\n");
+        fprintf(stderr, "no services (none in the daemon's configuration, none added with "
+                        "'taskhive add')\n");
     } else {
         th__table *t = th__services_table(list, NULL, 0);
         if (t)
@@ -338,7 +351,7 @@ static int service_action(th__cli *cli, int argc, char **argv, const char *actio
         return th__cli_usage_error(cli, "'%s' is not a service name", name);
     th__sbuf path;
     th__sbuf_init(&path, 4096);
-    service_path(&path, name, "/");
+    th__service_path(&path, name, "/");
     th__sbuf_adds(&path, action);
     json_t *answer = NULL;
     int rc = th__http(cli, "POST", th__sbuf_str(&path), NULL, &answer, NULL);
@@ -416,7 +429,7 @@ static int get_lines(svclog *s, long long n, json_t **answer, json_t **lines, lo
     snprintf(num, sizeof num, "%lld", n);
     th__sbuf path;
     th__sbuf_init(&path, 4096);
-    service_path(&path, s->name, "/logs");
+    th__service_path(&path, s->name, "/logs");
     th__sbuf_add_query(&path, "lines", num);
     int rc = th__http(s->cli, "GET", th__sbuf_str(&path), NULL, answer, status);
     th__sbuf_free(&path);

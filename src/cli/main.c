@@ -37,6 +37,8 @@ static const verb verbs[] = {
     {"stop", th__cmd_svc_stop, th__usage_svc_stop, "stop a service (or all)"},
     {"restart", th__cmd_svc_restart, th__usage_svc_restart, "restart a service (or all)"},
     {"trigger", th__cmd_svc_trigger, th__usage_svc_trigger, "run an event service now"},
+    {"add", th__cmd_svc_add, th__usage_svc_add, "add a service to the supervisor at run time"},
+    {"rm", th__cmd_svc_rm, th__usage_svc_rm, "stop a service and remove it"},
 };
 
 #define NVERBS (sizeof verbs / sizeof verbs[0])

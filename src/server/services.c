@@ -514,9 +514,22 @@ static int spec_parse(json_t *o, th_service_spec *sp, char ***owned, size_t *now
 static void add_run(th__job *j)
 {
     th_service_spec *sp = j->extra;
+    /* Dependencies must exist now, so a service is never left waiting for
+     * one that will not come (also with start = false). */
+    for (size_t k = 0; k < sp->ndeps; k++) {
+        th_service_info *v;
+        size_t n;
+        if (th_supervisor_list(j->s->sv, sp->deps[k], &v, &n, NULL) != 0) {
+            char field[32];
+            snprintf(field, sizeof field, "deps[%zu]", k);
+            j->rc = th__err(&j->err, TH_EINVAL, field, "no service named %s", sp->deps[k]);
+            return;
+        }
+        th_service_info_free(v);
+    }
     j->rc = th_supervisor_add(j->s->sv, sp, &j->err);
-    if (j->rc == 0 && j->flags)
-        j->rc = th_supervisor_start(j->s->sv, sp->name, &j->err);
+    if (j->rc == 0 && j->flags && (j->rc = th_supervisor_start(j->s->sv, sp->name, &j->err)))
+        th_supervisor_remove(j->s->sv, sp->name, NULL); /* all or nothing */
 }
 
 static void add_done(th__job *j, th__req *q)

@@ -175,6 +175,15 @@ static void test_add_remove(void **state)
     thd_assert_error(r, 400, "EINVAL", "colour");
     thd_resp_free(r);
 
+    /* An unknown dependency is refused and leaves nothing behind. */
+    r = thd_req(d, "POST", "/v1/services",
+                "{\"name\": \"orphan\", \"argv\": [\"true\"], \"deps\": [\"ghost\"]}");
+    thd_assert_error(r, 400, "EINVAL", "deps[0]");
+    thd_resp_free(r);
+    r = thd_req(d, "GET", "/v1/services/orphan", NULL);
+    thd_assert_error(r, 404, "ENOTFOUND", "name");
+    thd_resp_free(r);
+
     /* A dependent blocks removal; removed, its process is gone. */
     r = thd_req(d, "POST", "/v1/services",
                 "{\"name\": \"needs\", \"argv\": [\"sleep\", \"300\"], \"deps\": [\"extra\"]}");
