@@ -2,6 +2,7 @@
  * Black-box daemon helpers; see daemon.h.
  */
 #include "daemon.h"
+#include "daemon_util.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -36,7 +37,7 @@ void thd_sleep_ms(long ms)
     }
 }
 
-static char *xstrdup(const char *s)
+char *thd_xstrdup(const char *s)
 {
     char *c = strdup(s ? s : "");
     if (!c)
@@ -44,25 +45,7 @@ static char *xstrdup(const char *s)
     return c;
 }
 
-static char *xprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *xprintf(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    char *s = NULL;
-    if (vasprintf(&s, fmt, ap) < 0)
-        abort();
-    va_end(ap);
-    return s;
-}
-
-/* Growable byte buffer, always NUL-terminated. */
-typedef struct buf {
-    char *p;
-    size_t n, cap;
-} buf;
-
-static void buf_add(buf *b, const char *data, size_t n)
+void thd_buf_add(buf *b, const char *data, size_t n)
 {
     if (b->n + n + 1 > b->cap) {
         size_t cap = b->cap ? b->cap : 256;
@@ -88,10 +71,10 @@ static char *read_file(const char *path, size_t *len_out)
     char chunk[4096];
     size_t n;
     while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
-        buf_add(&b, chunk, n);
+        thd_buf_add(&b, chunk, n);
     fclose(f);
     if (!b.p)
-        buf_add(&b, "", 0);
+        thd_buf_add(&b, "", 0);
     if (len_out)
         *len_out = b.n;
     return b.p;
@@ -220,7 +203,7 @@ int thd_run(const char *const *argv, int timeout_ms, char **out)
     if (out) {
         *out = read_file(path, NULL);
         if (!*out)
-            *out = xstrdup("");
+            *out = thd_xstrdup("");
     }
     unlink(path);
     free(path);
@@ -261,10 +244,10 @@ thd_daemon *thd_start_at(const char *dir, const char *const *extra, const char *
     thd_daemon *d = calloc(1, sizeof *d);
     if (!d)
         abort();
-    d->dir = xstrdup(dir);
-    d->data_dir = xprintf("%s/data", dir);
-    d->port_file = xprintf("%s/port", dir);
-    d->log_path = xprintf("%s/daemon.log", dir);
+    d->dir = thd_xstrdup(dir);
+    d->data_dir = thd_fmt("%s/data", dir);
+    d->port_file = thd_fmt("%s/port", dir);
+    d->log_path = thd_fmt("%s/daemon.log", dir);
     unlink(d->port_file);
 
     const char *argv[64];
@@ -445,7 +428,7 @@ char *thd_fmt(const char *fmt, ...)
 
 static size_t on_body(char *data, size_t size, size_t nmemb, void *ud)
 {
-    buf_add(ud, data, size * nmemb);
+    thd_buf_add(ud, data, size * nmemb);
     return size * nmemb;
 }
 
@@ -456,7 +439,7 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *ud)
     /* A new status line (after a 100 Continue, say) starts a new block. */
     if (n >= 5 && memcmp(data, "HTTP/", 5) == 0)
         b->n = 0;
-    buf_add(b, data, n);
+    thd_buf_add(b, data, n);
     return n;
 }
 
@@ -471,9 +454,9 @@ thd_resp *thd_http(const char *base, const char *method, const char *path, const
     CURL *c = curl_easy_init();
     if (!c)
         abort();
-    char *url = xprintf("%s%s", base, path);
+    char *url = thd_fmt("%s%s", base, path);
     struct curl_slist *hl = NULL;
-    char *auth = token ? xprintf("Authorization: Bearer %s", token) : NULL;
+    char *auth = token ? thd_fmt("Authorization: Bearer %s", token) : NULL;
     if (auth)
         hl = curl_slist_append(hl, auth);
     for (size_t i = 0; headers && headers[i]; i++)
@@ -506,9 +489,9 @@ thd_resp *thd_http(const char *base, const char *method, const char *path, const
     free(auth);
     free(url);
     if (!hb.p)
-        buf_add(&hb, "", 0);
+        thd_buf_add(&hb, "", 0);
     if (!bb.p)
-        buf_add(&bb, "", 0);
+        thd_buf_add(&bb, "", 0);
     r->headers = hb.p;
     r->body = bb.p;
     r->len = bb.n;
@@ -676,9 +659,9 @@ int thd_jbool(json_t *root, const char *path)
 char *thd_jdump(const json_t *v)
 {
     if (!v)
-        return xstrdup("(none)");
+        return thd_xstrdup("(none)");
     char *s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
-    return s ? s : xstrdup("(unprintable)");
+    return s ? s : thd_xstrdup("(unprintable)");
 }
 
 /* ---- task and worker shortcuts ----------------------------------------- */
@@ -693,14 +676,14 @@ char *thd_submit_at(const thd_daemon *d, const char *body, const char *file, int
         print_error("%s:%d: no 26-character \"id\" in the answer\n", file, line);
         _fail(file, line);
     }
-    char *out = xstrdup(id);
+    char *out = thd_xstrdup(id);
     thd_resp_free(r);
     return out;
 }
 
 json_t *thd_task_at(const thd_daemon *d, const char *id, const char *file, int line)
 {
-    char *path = xprintf("/v1/tasks/%s", id);
+    char *path = thd_fmt("/v1/tasks/%s", id);
     thd_resp *r = thd_req(d, "GET", path, NULL);
     free(path);
     thd_assert_status_at(r, 200, "GET /v1/tasks/{id}", file, line);
@@ -746,7 +729,7 @@ char *thd_register_at(const thd_daemon *d, const char *name, const char *queue, 
         print_resp(r, "POST /v1/workers");
         _fail(file, line);
     }
-    char *out = xstrdup(wid);
+    char *out = thd_xstrdup(wid);
     thd_resp_free(r);
     return out;
 }
@@ -754,9 +737,9 @@ char *thd_register_at(const thd_daemon *d, const char *name, const char *queue, 
 json_t *thd_claim_at(const thd_daemon *d, const char *wid, const char *queue, long lease_ms,
                      long wait_ms, const char *file, int line)
 {
-    char *path = xprintf("/v1/workers/%s/claim", wid);
+    char *path = thd_fmt("/v1/workers/%s/claim", wid);
     char *body =
-        xprintf("{\"queues\": [\"%s\"], \"max_tasks\": 1, \"lease_ms\": %ld, \"wait_ms\": %ld}",
+        thd_fmt("{\"queues\": [\"%s\"], \"max_tasks\": 1, \"lease_ms\": %ld, \"wait_ms\": %ld}",
                 queue, lease_ms, wait_ms);
     thd_resp *r =
         thd_http(d->url, "POST", path, d->token, NULL, body, strlen(body), wait_ms + 30000);

@@ -16,48 +16,7 @@
 
 #include <curl/curl.h>
 
-static char *xstrdup(const char *s)
-{
-    char *c = strdup(s ? s : "");
-    if (!c)
-        abort();
-    return c;
-}
-
-static char *xprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *xprintf(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    char *s = NULL;
-    if (vasprintf(&s, fmt, ap) < 0)
-        abort();
-    va_end(ap);
-    return s;
-}
-
-/* Growable byte buffer, always NUL-terminated. */
-typedef struct buf {
-    char *p;
-    size_t n, cap;
-} buf;
-
-static void buf_add(buf *b, const char *data, size_t n)
-{
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->n + n + 1)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p)
-            abort();
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->n, data, n);
-    b->n += n;
-    b->p[b->n] = '\0';
-}
+#include "daemon_util.h"
 
 /* ---- Server-Sent Events ------------------------------------------------- */
 
@@ -92,7 +51,7 @@ static void sse_dispatch(thd_sse *s)
     thd_event e;
     e.id = s->cur_id;
     snprintf(e.type, sizeof e.type, "%s", s->type[0] ? s->type : "message");
-    e.data = xstrdup(s->data.p ? s->data.p : "");
+    e.data = thd_xstrdup(s->data.p ? s->data.p : "");
     e.json = json_loads(e.data, 0, NULL);
     pthread_mutex_lock(&s->mu);
     if (s->n == s->cap) {
@@ -139,8 +98,8 @@ static void sse_line(thd_sse *s, char *l)
     }
     if (strcmp(l, "data") == 0) {
         if (s->has_data)
-            buf_add(&s->data, "\n", 1);
-        buf_add(&s->data, val, strlen(val));
+            thd_buf_add(&s->data, "\n", 1);
+        thd_buf_add(&s->data, val, strlen(val));
         s->has_data = 1;
     } else if (strcmp(l, "event") == 0) {
         snprintf(s->type, sizeof s->type, "%s", val);
@@ -157,11 +116,11 @@ static size_t sse_body(char *data, size_t size, size_t nmemb, void *ud)
     size_t n = size * nmemb;
     for (size_t i = 0; i < n; i++) {
         if (data[i] == '\n') {
-            buf_add(&s->line, "", 0);
+            thd_buf_add(&s->line, "", 0);
             sse_line(s, s->line.p);
             s->line.n = 0;
         } else {
-            buf_add(&s->line, data + i, 1);
+            thd_buf_add(&s->line, data + i, 1);
         }
     }
     return n;
@@ -197,8 +156,8 @@ static void *sse_main(void *arg)
     CURL *c = curl_easy_init();
     CURLM *m = curl_multi_init();
     struct curl_slist *hl = NULL;
-    char *auth = s->token ? xprintf("Authorization: Bearer %s", s->token) : NULL;
-    char *lei = s->last_id ? xprintf("Last-Event-ID: %s", s->last_id) : NULL;
+    char *auth = s->token ? thd_fmt("Authorization: Bearer %s", s->token) : NULL;
+    char *lei = s->last_id ? thd_fmt("Last-Event-ID: %s", s->last_id) : NULL;
     if (auth)
         hl = curl_slist_append(hl, auth);
     if (lei)
@@ -254,9 +213,9 @@ thd_sse *thd_sse_open(const thd_daemon *d, const char *path, const char *last_ev
     thd_sse *s = calloc(1, sizeof *s);
     if (!s)
         abort();
-    s->url = xprintf("%s%s", d->url, path);
-    s->token = d->token ? xstrdup(d->token) : NULL;
-    s->last_id = last_event_id ? xstrdup(last_event_id) : NULL;
+    s->url = thd_fmt("%s%s", d->url, path);
+    s->token = d->token ? thd_xstrdup(d->token) : NULL;
+    s->last_id = last_event_id ? thd_xstrdup(last_event_id) : NULL;
     s->cur_id = -1;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
