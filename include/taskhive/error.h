@@ -24,6 +24,10 @@ enum {
     TH_EVERSION = -11,  /* database written by a newer schema version */
     TH_ETOOBIG = -12,   /* a value exceeds its size limit */
     TH_ECONFLICT = -13, /* conflicting request (e.g. duplicate id in a batch) */
+    TH_EBUDGET = -14,   /* a spending budget would be exceeded */
+    TH_EUPSTREAM = -15, /* an upstream service (LLM provider) failed or answered an error */
+    TH_EUNAVAIL = -16,  /* a provider is unavailable: circuit open or unhealthy */
+    TH_ECANCELED = -17, /* the call was cancelled by its caller */
 };
 
 /* Detail for a failed call. `field` names the offending input ("payload",

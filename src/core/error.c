@@ -26,6 +26,10 @@ static const struct {
     {TH_EVERSION, "EVERSION", "database was written by a newer version of taskhive"},
     {TH_ETOOBIG, "ETOOBIG", "value too large"},
     {TH_ECONFLICT, "ECONFLICT", "conflicting request"},
+    {TH_EBUDGET, "EBUDGET", "budget exceeded"},
+    {TH_EUPSTREAM, "EUPSTREAM", "upstream provider failed"},
+    {TH_EUNAVAIL, "EUNAVAIL", "provider unavailable (circuit open or unhealthy)"},
+    {TH_ECANCELED, "ECANCELED", "cancelled"},
 };
 
 const char *th_strerror(int code)

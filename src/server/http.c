@@ -78,7 +78,14 @@ void th__reply_engine_error(th__req *q, int rc, const th_error *err)
     case TH_EBUSY:
         status = 429;
         break;
+    case TH_EBUDGET:
+        status = 402;
+        break;
+    case TH_EUPSTREAM:
+        status = 502;
+        break;
     case TH_ECLOSED:
+    case TH_EUNAVAIL:
         status = 503;
         break;
     default:
