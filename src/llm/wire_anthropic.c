@@ -242,7 +242,8 @@ int th__anthropic_event(th__llm_stream *s, const char *event, const char *data, 
         if (bt && !strcmp(bt, "tool_use")) {
             th__llm_pcall *c = th__llm_stream_call(s, index);
             const char *id = th__llm_jstr(b, "id"), *name = th__llm_jstr(b, "name");
-            if (!c || (id && !(c->id = th__strdup(id))) || (name && !(c->name = th__strdup(name))))
+            if (!c || (id && !c->id && !(c->id = th__strdup(id))) ||
+                (name && !c->name && !(c->name = th__strdup(name))))
                 rc = NOMEM(err);
         } else if (bt && !strcmp(bt, "text")) {
             const char *t = th__llm_jstr(b, "text");

@@ -32,7 +32,8 @@ th__llm_stream *th__llm_stream_new(th_llm_format f, th_llm_response *out, th__ll
         th__free(s);
         return NULL;
     }
-    th__free(out->text);
+    /* `out` is the caller's zeroed response; its text is the stream's
+     * buffer from now on, and stays with `out` after th__llm_stream_free. */
     out->text = s->text.p;
     return s;
 }
