@@ -102,6 +102,7 @@ int th__llm_stream_calls_finish(th__llm_stream *s, th_error *err)
             return th__err(err, TH_ENOMEM, "", "out of memory");
         th__free(c->id);
         th__free(c->name);
+        c->id = c->name = NULL; /* th__llm_stream_free may still run over them */
         th__llm_buf_free(&c->args);
     }
     th__free(s->calls);

@@ -795,6 +795,74 @@ static void test_ollama_stream(void **state)
     th_llm_response_free(&r);
 }
 
+/* Every allocation of parsers, streams and the mock failing in turn: each
+ * call fails cleanly (ASan proves no leak) until enough memory succeeds. */
+static void test_answers_under_oom(void **state)
+{
+    (void)state;
+    const char *body = "{\"content\":[{\"type\":\"text\",\"text\":\"Hi\"},{\"type\":"
+                       "\"tool_use\",\"id\":\"t\",\"name\":\"f\",\"input\":{\"a\":1}}],"
+                       "\"stop_reason\":\"tool_use\"}";
+    struct {
+        th_llm_format f;
+        const char *text;
+    } streams[] = {{TH_LLM_OPENAI, openai_tool_stream},
+                   {TH_LLM_OPENAI, openai_text_stream},
+                   {TH_LLM_ANTHROPIC, anthropic_stream},
+                   {TH_LLM_OLLAMA, ollama_stream}};
+    for (long n = 0;; n++) {
+        th_llm_response r = {0};
+        th_error err;
+        th__alloc_fail_after(n);
+        int rc = th__llm_parse_chat(TH_LLM_ANTHROPIC, body, strlen(body), &r, &err);
+        th__alloc_fail_reset();
+        th_llm_response_free(&r);
+        if (rc == 0)
+            break;
+        assert_int_equal(rc, TH_ENOMEM);
+    }
+    for (size_t k = 0; k < sizeof streams / sizeof streams[0]; k++) {
+        for (long n = 0;; n++) {
+            th_llm_response r = {0};
+            th_error err;
+            th__alloc_fail_after(n);
+            th__llm_stream *s = th__llm_stream_new(streams[k].f, &r, NULL, NULL);
+            int rc = TH_ENOMEM;
+            if (s) {
+                rc = th__llm_stream_feed(s, streams[k].text, strlen(streams[k].text), &err);
+                if (rc == 0)
+                    rc = th__llm_stream_end(s, &err);
+            }
+            th__alloc_fail_reset();
+            th__llm_stream_free(s);
+            th_llm_response_free(&r);
+            if (rc == 0)
+                break;
+            assert_true(rc == TH_ENOMEM || rc == TH_EUPSTREAM);
+            assert_true(n < 10000);
+        }
+    }
+    th_llm_message m = {TH_LLM_USER, "[[tool:get_weather {\"city\":\"Rome\"}]]", NULL, 0, NULL,
+                        NULL};
+    th_llm_request req = {0};
+    req.messages = &m;
+    req.nmessages = 1;
+    req.tools = &weather_tool;
+    req.ntools = 1;
+    th__llm_wire_req w = wire(TH_LLM_MOCK, &req);
+    for (long n = 0;; n++) {
+        th_llm_response r = {0};
+        th_error err;
+        th__alloc_fail_after(n);
+        int rc = th__mock_chat(&w, &r, &err);
+        th__alloc_fail_reset();
+        th_llm_response_free(&r);
+        if (rc == 0)
+            break;
+        assert_int_equal(rc, TH_ENOMEM);
+    }
+}
+
 /* ---- errors, limits, embeddings, estimates ------------------------------- */
 
 static void test_error_message(void **state)
@@ -1107,6 +1175,7 @@ int main(void)
         T(test_openai_error_and_malformed),
         T(test_line_limit),
         T(test_ollama_stream),
+        T(test_answers_under_oom),
         T(test_error_message),
         T(test_limits),
         T(test_embeddings),
