@@ -133,6 +133,9 @@ void th__llm_http_free(th__llm_http *h)
 
 int th__llm_chat_http(const th__llm_wire_req *w, th__llm_http *out, th_error *err)
 {
+    th_error local;
+    if (!err)
+        err = &local; /* the format code reads err->code back */
     memset(out, 0, sizeof *out);
     if (!w || !w->req)
         return th__err(err, TH_EINVAL, "request", "missing");

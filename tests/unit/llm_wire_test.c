@@ -863,6 +863,42 @@ static void test_answers_under_oom(void **state)
     }
 }
 
+/* SSE details: bare CR line ends, id / retry / unknown fields ignored, an
+ * event with no data line dispatches nothing, "data" without a colon is an
+ * empty data line. */
+static void test_sse_details(void **state)
+{
+    (void)state;
+    const char *text = "id: 1\rretry: 1000\r: note\rdata: {\"choices\":[{\"index\":0,"
+                       "\"delta\":{\"content\":\"a\"}}]}\r\r"
+                       "event: ignored\rfoo: bar\r\r"
+                       "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"b\"},"
+                       "\"finish_reason\":\"length\"}]}\r\n\r\n"
+                       "data: [DONE]\r\r";
+    th_llm_response r;
+    stream_all_ways(TH_LLM_OPENAI, text, &r);
+    assert_string_equal(r.text, "ab");
+    assert_string_equal(r.finish_reason, "length");
+    th_llm_response_free(&r);
+
+    /* "data" alone joins an empty line: "{\n}" is still one object */
+    const char *joined = "data: {\"type\":\"message_stop\"\ndata\ndata: }\n\n";
+    stream_all_ways(TH_LLM_ANTHROPIC, joined, &r);
+    th_llm_response_free(&r);
+
+    /* NULL err is allowed everywhere */
+    th_llm_request req;
+    th_llm_message m[3];
+    tool_conversation(&req, m);
+    m[2].tool_call_id = NULL;
+    th__llm_wire_req w = wire(TH_LLM_OPENAI, &req);
+    th__llm_http h;
+    assert_int_equal(th__llm_chat_http(&w, &h, NULL), TH_EINVAL);
+    assert_int_equal(run_stream(TH_LLM_OPENAI, "data: [DONE]\n", FEED_WHOLE, &r, NULL),
+                     TH_EUPSTREAM);
+    th_llm_response_free(&r);
+}
+
 /* ---- errors, limits, embeddings, estimates ------------------------------- */
 
 static void test_error_message(void **state)
@@ -1175,6 +1211,7 @@ int main(void)
         T(test_openai_error_and_malformed),
         T(test_line_limit),
         T(test_ollama_stream),
+        T(test_sse_details),
         T(test_answers_under_oom),
         T(test_error_message),
         T(test_limits),
