@@ -15,8 +15,10 @@
 #include "fakellm.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -27,6 +29,7 @@
 #include <time.h>
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
@@ -60,7 +63,8 @@ struct fakellm {
     fakellm_request **reqs;
     size_t nreqs, capreqs;
 
-    rq *live; /* answers in progress (loop thread only) */
+    rq *live;     /* answers in progress (loop thread only) */
+    size_t nlive; /* their count, under mu: fakellm_active reads it */
 };
 
 /* An answer in progress (loop thread only). */
@@ -70,7 +74,8 @@ struct rq {
     struct evhttp_request *req;
     struct evhttp_connection *evcon;
     struct event *timer;
-    reply *rep; /* owned copy */
+    struct event *watch; /* the client's socket: did it leave? */
+    reply *rep;          /* owned copy */
     int stream, cut, ndjson;
     int status;
     struct evbuffer *body; /* non-stream answer */
@@ -564,6 +569,9 @@ static void make_malformed(rq *q, enum endpoint ep)
 static void rq_free(rq *q)
 {
     fakellm *f = q->f;
+    pthread_mutex_lock(&f->mu);
+    f->nlive--;
+    pthread_mutex_unlock(&f->mu);
     if (q->prev)
         q->prev->next = q->next;
     else
@@ -572,6 +580,8 @@ static void rq_free(rq *q)
         q->next->prev = q->prev;
     if (q->timer)
         event_free(q->timer);
+    if (q->watch)
+        event_free(q->watch);
     if (q->body)
         evbuffer_free(q->body);
     free_pieces(q->pieces, q->npieces);
@@ -595,6 +605,25 @@ static void detach(rq *q)
 {
     if (q->evcon)
         evhttp_connection_set_closecb(q->evcon, NULL, NULL);
+}
+
+/* libevent stops reading a connection while its request is answered, so a
+ * client that gives up on a hung or delayed answer would go unnoticed until
+ * the next write. This peeks at the socket instead: EOF or an error closes
+ * the connection (on_close frees q); data (a pipelined request) ends the
+ * watch. */
+static void on_watch(evutil_socket_t fd, short what, void *arg)
+{
+    rq *q = arg;
+    char c;
+    ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return;
+    if (n > 0) {
+        event_del(q->watch);
+        return;
+    }
+    evhttp_connection_free(q->evcon);
 }
 
 static void add_headers(rq *q, const char *ctype)
@@ -822,7 +851,17 @@ static void on_request(struct evhttp_request *req, void *arg)
     if (f->live)
         f->live->prev = q;
     f->live = q;
+    pthread_mutex_lock(&f->mu);
+    f->nlive++;
+    pthread_mutex_unlock(&f->mu);
     evhttp_connection_set_closecb(q->evcon, on_close, q);
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(q->evcon);
+    evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+    if (fd >= 0) {
+        q->watch = event_new(f->base, fd, EV_READ | EV_PERSIST, on_watch, q);
+        if (!q->watch || event_add(q->watch, NULL) != 0)
+            abort();
+    }
 
     int get = evhttp_request_get_command(req) == EVHTTP_REQ_GET;
     if (ep == EP_NONE && get &&
@@ -921,6 +960,8 @@ static void *run(void *arg)
 fakellm *fakellm_start(void)
 {
     assert_int_equal(evthread_use_pthreads(), 0);
+    /* Writing to a client that left must fail, not kill the test. */
+    signal(SIGPIPE, SIG_IGN);
     fakellm *f = xmalloc(sizeof *f);
     pthread_mutex_init(&f->mu, NULL);
     pthread_cond_init(&f->cond, NULL);
@@ -929,6 +970,8 @@ fakellm *fakellm_start(void)
     f->http = evhttp_new(f->base);
     assert_non_null(f->http);
     evhttp_set_max_body_size(f->http, FAKELLM_MAX_BODY);
+    /* A hang lasts until the client leaves, not libevent's 50 s default. */
+    evhttp_set_timeout(f->http, 3600);
     evhttp_set_allowed_methods(f->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_PUT |
                                             EVHTTP_REQ_DELETE | EVHTTP_REQ_HEAD);
     evhttp_set_gencb(f->http, on_request, f);
@@ -1021,6 +1064,14 @@ size_t fakellm_wait_requests(fakellm *f, size_t n, int timeout_ms)
     size_t got = f->nreqs;
     pthread_mutex_unlock(&f->mu);
     return got;
+}
+
+size_t fakellm_active(fakellm *f)
+{
+    pthread_mutex_lock(&f->mu);
+    size_t n = f->nlive;
+    pthread_mutex_unlock(&f->mu);
+    return n;
 }
 
 const char *fakellm_header(const fakellm_request *r, const char *name)

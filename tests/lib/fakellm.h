@@ -127,6 +127,10 @@ const fakellm_request *fakellm_request_at(fakellm *f, size_t i);
 /* Waits until at least `n` requests arrived or `timeout_ms` passed; returns
  * the count then. */
 size_t fakellm_wait_requests(fakellm *f, size_t n, int timeout_ms);
+/* Answers in progress: hung, delayed or still streaming. It drops when an
+ * answer ends or its client closes the connection, so a test can check
+ * that the gateway gave up on a hung request. */
+size_t fakellm_active(fakellm *f);
 /* The value of header `name` (case-insensitive) of `r`, or NULL. */
 const char *fakellm_header(const fakellm_request *r, const char *name);
 

@@ -472,6 +472,23 @@ static void test_hang(void **state)
     assert_int_equal(r->curl_rc, CURLE_OPERATION_TIMEDOUT);
     assert_true(thd_now_ms() - t0 >= 250);
     thd_resp_free(r);
+    /* The server saw the client leave. */
+    long long until = thd_now_ms() + 10000;
+    while (fakellm_active(f) > 0 && thd_now_ms() < until)
+        thd_sleep_ms(10);
+    assert_int_equal(fakellm_active(f), 0);
+    /* Same for a delayed answer and a slow stream. */
+    fakellm_push(f, &(fakellm_reply){.kind = FAKE_DELAY, .delay_ms = 60000});
+    fakellm_push(f, &(fakellm_reply){.chunks = 10, .chunk_delay_ms = 1000});
+    for (int i = 0; i < 2; i++) {
+        r = post(f, TH_LLM_OLLAMA, "/api/chat", OL_STREAM, 300);
+        assert_int_equal(r->curl_rc, CURLE_OPERATION_TIMEDOUT);
+        thd_resp_free(r);
+        until = thd_now_ms() + 10000;
+        while (fakellm_active(f) > 0 && thd_now_ms() < until)
+            thd_sleep_ms(10);
+        assert_int_equal(fakellm_active(f), 0);
+    }
     /* The server goes on answering. */
     r = openai(f, OA_STREAM);
     assert_int_equal(r->status, 200);
@@ -504,6 +521,10 @@ static void test_stop_with_hung_requests(void **state)
         assert_int_equal(pthread_create(&b[i].t, NULL, bg_run, &b[i]), 0);
     }
     assert_int_equal(fakellm_wait_requests(f, 3, 10000), 3);
+    long long until = thd_now_ms() + 10000;
+    while (fakellm_active(f) < 3 && thd_now_ms() < until)
+        thd_sleep_ms(10);
+    assert_int_equal(fakellm_active(f), 3);
     long long t0 = thd_now_ms();
     fakellm_stop(f);
     for (int i = 0; i < 3; i++) {
