@@ -60,6 +60,7 @@ struct fakellm {
     pthread_cond_t cond; /* a request was recorded */
     reply *head, *tail;
     reply *dflt; /* NULL = FAKE_OK */
+    int health;  /* status of the health paths; 200 = answer normally */
     fakellm_request **reqs;
     size_t nreqs, capreqs;
 
@@ -866,9 +867,15 @@ static void on_request(struct evhttp_request *req, void *arg)
     int get = evhttp_request_get_command(req) == EVHTTP_REQ_GET;
     if (ep == EP_NONE && get &&
         (is_path(rec->path, "/v1/models") || is_path(rec->path, "/api/tags"))) {
-        /* Health checks take the default answer, never a scripted one. */
+        /* Health checks never take a scripted reply. */
         q->rep = reply_copy(NULL);
-        if (is_path(rec->path, "/api/tags"))
+        pthread_mutex_lock(&f->mu);
+        int health = f->health;
+        pthread_mutex_unlock(&f->mu);
+        if (health != 200)
+            build_error(q, is_path(rec->path, "/api/tags") ? EP_OLLAMA : EP_OPENAI, health, NULL,
+                        NULL);
+        else if (is_path(rec->path, "/api/tags"))
             set_body(q, jdump_steal(jpack("{s:[{s:s, s:s, s:s, s:I, s:s}]}", "models", "name",
                                           FAKELLM_MODEL, "model", FAKELLM_MODEL, "modified_at",
                                           CREATED_AT, "size", (json_int_t)1000, "digest", "fake")));
@@ -965,6 +972,7 @@ fakellm *fakellm_start(void)
     fakellm *f = xmalloc(sizeof *f);
     pthread_mutex_init(&f->mu, NULL);
     pthread_cond_init(&f->cond, NULL);
+    f->health = 200;
     f->base = event_base_new();
     assert_non_null(f->base);
     f->http = evhttp_new(f->base);
@@ -1020,6 +1028,23 @@ void fakellm_set_default(fakellm *f, const fakellm_reply *r)
     f->dflt = c;
     pthread_mutex_unlock(&f->mu);
     reply_free(old);
+}
+
+void fakellm_set_health(fakellm *f, int status)
+{
+    pthread_mutex_lock(&f->mu);
+    f->health = status > 0 ? status : 200;
+    pthread_mutex_unlock(&f->mu);
+}
+
+size_t fakellm_count_path(fakellm *f, const char *path)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&f->mu);
+    for (size_t i = 0; i < f->nreqs; i++)
+        n += is_path(f->reqs[i]->path, path);
+    pthread_mutex_unlock(&f->mu);
+    return n;
 }
 
 size_t fakellm_pending(fakellm *f)

@@ -11,7 +11,7 @@
  *   POST /v1/embeddings         OpenAI embeddings
  *   POST /api/embed             Ollama embeddings
  *   GET  /v1/models             model list (OpenAI and Anthropic shapes merged)
- *   GET  /api/tags              Ollama model list
+ *   GET  /api/tags              Ollama model list (health: fakellm_set_health)
  *   anything else               404 in OpenAI's error shape
  *
  * Each request pops the next scripted reply from a FIFO (fakellm_push); when
@@ -118,12 +118,18 @@ const char *fakellm_url(const fakellm *f, th_llm_format fmt);
 void fakellm_push(fakellm *f, const fakellm_reply *r);
 /* Replaces the reply used when the FIFO is empty (copied); NULL = FAKE_OK. */
 void fakellm_set_default(fakellm *f, const fakellm_reply *r);
+/* The status GET /v1/models and /api/tags answer with (in the provider's
+ * error shape unless 200); they never pop a scripted reply, so background
+ * health checks cannot steal one. 0 = 200. */
+void fakellm_set_health(fakellm *f, int status);
 /* Scripted replies not yet used. */
 size_t fakellm_pending(fakellm *f);
 
 /* Requests received so far / request i (0 = the first), NULL past the end. */
 size_t fakellm_requests(fakellm *f);
 const fakellm_request *fakellm_request_at(fakellm *f, size_t i);
+/* Requests received on `path` (the query is ignored), e.g. "/v1/messages". */
+size_t fakellm_count_path(fakellm *f, const char *path);
 /* Waits until at least `n` requests arrived or `timeout_ms` passed; returns
  * the count then. */
 size_t fakellm_wait_requests(fakellm *f, size_t n, int timeout_ms);

@@ -307,6 +307,15 @@ static void test_embeddings_and_health(void **state)
     assert_int_equal(r->status, 200);
     assert_string_equal(thd_jstr(r->json, "models[0].name"), FAKELLM_MODEL);
     thd_resp_free(r);
+    fakellm_set_health(f, 503);
+    fakellm_push(f, &(fakellm_reply){.text = "kept"});
+    r = thd_http(fakellm_url(f, TH_LLM_OLLAMA), "GET", "/api/tags", NULL, NULL, NULL, 0, 10000);
+    assert_int_equal(r->status, 503);
+    assert_non_null(thd_jstr(r->json, "error"));
+    thd_resp_free(r);
+    assert_int_equal(fakellm_pending(f), 1);
+    fakellm_set_health(f, 0);
+    assert_int_equal(fakellm_count_path(f, "/api/tags"), 2);
     r = thd_http(fakellm_url(f, TH_LLM_OLLAMA), "GET", "/nope", NULL, NULL, NULL, 0, 10000);
     assert_int_equal(r->status, 404);
     thd_resp_free(r);
