@@ -57,39 +57,39 @@ TH_EXPORT const char *th_llm_breaker_name(th_llm_breaker_state s);
 
 /* A provider. Strings are copied by th_llm_gateway_add_provider. */
 typedef struct th_llm_provider_options {
-    const char *name;   /* unique; [A-Za-z0-9_.-], at most 63 bytes */
+    const char *name; /* unique; [A-Za-z0-9_.-], at most 63 bytes */
     th_llm_format format;
     const char *base_url; /* NULL = the format's default */
     const char *api_key;  /* NULL = none (the secret never appears in logs or answers) */
     const char *model;    /* default chat model; NULL = the format's default */
     const char *embed_model;
-    int max_concurrent;          /* 0 = the format's default: ollama 4, others 64 */
-    size_t max_queue;            /* 10000 requests waiting for a slot */
-    int64_t timeout_ms;          /* 120000: one attempt, first byte to last */
-    int64_t connect_timeout_ms;  /* 10000 */
-    int max_retries;             /* 3 */
-    int64_t retry_initial_ms;    /* 500 */
-    int64_t retry_max_ms;        /* 30000 */
-    double retry_jitter;         /* 0.2 */
-    double requests_per_min;     /* 0 = unlimited */
-    double tokens_per_min;       /* 0 = unlimited */
-    int breaker_failures;        /* 5 consecutive failures open the breaker */
-    int64_t breaker_cooldown_ms; /* 30000 open before a half-open probe */
-    int breaker_successes;       /* 2 successes in half-open close it */
-    int64_t health_interval_ms;  /* 30000; 0 = no health checks */
-    int health_failures;         /* 3 consecutive failures: unhealthy */
-    int64_t mock_token_delay_ms; /* 2: mock only, between streamed tokens */
+    int max_concurrent;            /* 0 = the format's default: ollama 4, others 64 */
+    size_t max_queue;              /* 10000 requests waiting for a slot */
+    int64_t timeout_ms;            /* 120000: one attempt, first byte to last */
+    int64_t connect_timeout_ms;    /* 10000 */
+    int max_retries;               /* 3 */
+    int64_t retry_initial_ms;      /* 500 */
+    int64_t retry_max_ms;          /* 30000 */
+    double retry_jitter;           /* 0.2 */
+    double requests_per_min;       /* 0 = unlimited */
+    double tokens_per_min;         /* 0 = unlimited */
+    int breaker_failures;          /* 5 consecutive failures open the breaker */
+    int64_t breaker_cooldown_ms;   /* 30000 open before a half-open probe */
+    int breaker_successes;         /* 2 successes in half-open close it */
+    int64_t health_interval_ms;    /* 30000; 0 = no health checks */
+    int health_failures;           /* 3 consecutive failures: unhealthy */
+    int64_t mock_token_delay_ms;   /* 2: mock only, between streamed tokens */
     const char *anthropic_version; /* "2023-06-01" */
 } th_llm_provider_options;
 
 TH_EXPORT void th_llm_provider_options_init(th_llm_provider_options *o);
 
 typedef enum th_llm_event_type {
-    TH_LLM_EV_RETRY = 0,     /* an attempt failed and will be retried */
-    TH_LLM_EV_FALLBACK,      /* a target failed; the next one is tried */
-    TH_LLM_EV_BREAKER,       /* a breaker changed state (value = new state) */
-    TH_LLM_EV_HEALTH,        /* health changed (value = 1 healthy, 0 not) */
-    TH_LLM_EV_RATE_LIMITED,  /* the provider answered 429 */
+    TH_LLM_EV_RETRY = 0,    /* an attempt failed and will be retried */
+    TH_LLM_EV_FALLBACK,     /* a target failed; the next one is tried */
+    TH_LLM_EV_BREAKER,      /* a breaker changed state (value = new state) */
+    TH_LLM_EV_HEALTH,       /* health changed (value = 1 healthy, 0 not) */
+    TH_LLM_EV_RATE_LIMITED, /* the provider answered 429 */
 } th_llm_event_type;
 
 typedef struct th_llm_event {
@@ -146,7 +146,7 @@ typedef struct th_llm_tool_call {
 
 typedef struct th_llm_message {
     th_llm_role role;
-    const char *content; /* may be NULL for an assistant turn of tool calls only */
+    const char *content;                /* may be NULL for an assistant turn of tool calls only */
     const th_llm_tool_call *tool_calls; /* assistant turns */
     size_t ntool_calls;
     const char *tool_call_id; /* TH_LLM_TOOL: the call this answers */
@@ -198,9 +198,9 @@ typedef struct th_llm_response {
     double cost_usd;
     char provider[64];
     char model[128];
-    int attempts;            /* HTTP attempts over every target */
-    int64_t latency_ms;      /* call to answer */
-    int64_t first_token_ms;  /* call to first streamed byte; -1 when not streamed */
+    int attempts;           /* HTTP attempts over every target */
+    int64_t latency_ms;     /* call to answer */
+    int64_t first_token_ms; /* call to first streamed byte; -1 when not streamed */
 } th_llm_response;
 
 TH_EXPORT void th_llm_response_free(th_llm_response *r);
@@ -255,7 +255,7 @@ typedef struct th_llm_provider_status {
     th_llm_format format;
     char model[128];
     int healthy;
-    int health_failures; /* consecutive */
+    int health_failures;    /* consecutive */
     int64_t last_health_ms; /* wall time of the last check; 0 = none yet */
     th_llm_breaker_state breaker;
     int breaker_failures; /* consecutive failures counted by the breaker */
