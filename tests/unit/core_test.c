@@ -845,15 +845,16 @@ static void test_json_object_flag(void **state)
 /* ======================================================================== */
 
 static const int all_codes[] = {
-    TH_OK,        TH_EINVAL,  TH_ENOMEM, TH_ENOTFOUND, TH_EBUSY,    TH_ESTATE,  TH_ESTALE,
-    TH_ETIMEDOUT, TH_ECLOSED, TH_EIO,    TH_ECORRUPT,  TH_EVERSION, TH_ETOOBIG, TH_ECONFLICT,
+    TH_OK,      TH_EINVAL,    TH_ENOMEM,  TH_ENOTFOUND, TH_EBUSY,    TH_ESTATE,
+    TH_ESTALE,  TH_ETIMEDOUT, TH_ECLOSED, TH_EIO,       TH_ECORRUPT, TH_EVERSION,
+    TH_ETOOBIG, TH_ECONFLICT, TH_EBUDGET, TH_EUPSTREAM, TH_EUNAVAIL, TH_ECANCELED,
 };
 #define NCODES (sizeof all_codes / sizeof all_codes[0])
 
 static void test_error_names_and_texts(void **state)
 {
     (void)state;
-    /* The codes are 0, -1, ..., -13 with no gaps. */
+    /* The codes are 0, -1, ..., -17 with no gaps. */
     for (size_t i = 0; i < NCODES; i++)
         assert_int_equal(all_codes[i], -(int)i);
     for (size_t i = 0; i < NCODES; i++) {
@@ -880,7 +881,7 @@ static void test_error_names_and_texts(void **state)
     assert_string_equal(th_errname(TH_ENOMEM), "ENOMEM");
     assert_string_equal(th_errname(TH_ECONFLICT), "ECONFLICT");
     /* Codes that do not exist. */
-    static const int unknown[] = {1, 12, -14, -100, INT_MIN, INT_MAX};
+    static const int unknown[] = {1, 12, -18, -100, INT_MIN, INT_MAX};
     for (size_t i = 0; i < sizeof unknown / sizeof unknown[0]; i++) {
         assert_string_equal(th_errname(unknown[i]), "EUNKNOWN");
         assert_string_equal(th_strerror(unknown[i]), "unknown error");
