@@ -18,6 +18,10 @@
  * for good, or its breaker is open, the next is tried. Every answer carries
  * its token usage and cost from the gateway's price table.
  *
+ * Status: this interface is declared, and the wire formats behind it
+ * (src/llm/wire.h) are built and tested; the gateway that implements these
+ * functions is not built yet, so a program cannot link against them.
+ *
  * Threads: th_llm_chat may be called from any thread and blocks that
  * thread only; its delta callback runs on the calling thread. th_llm_start's
  * done callback runs on the gateway thread and must not block.

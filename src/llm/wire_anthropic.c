@@ -10,8 +10,6 @@
 #include "core/error.h"
 #include "llm/wire_impl.h"
 
-#define NOMEM(err) th__err(err, TH_ENOMEM, "", "out of memory")
-
 static json_t *tools_json(const th_llm_request *r, th_error *err)
 {
     json_t *tools = json_array();

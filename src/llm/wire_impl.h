@@ -9,6 +9,7 @@
 #include <jansson.h>
 #include <stddef.h>
 
+#include "core/error.h"
 #include "llm/wire.h"
 
 /* A growable byte buffer that never exceeds `max` bytes; always
@@ -76,6 +77,17 @@ int th__llm_text_default(th_llm_response *out);
 /* The tools array in OpenAI's shape (shared by ollama); NULL with err set
  * (TH_EINVAL naming tools[i].parameters, TH_ENOMEM). */
 json_t *th__openai_tools(const th_llm_request *req, th_error *err);
+/* Fills err with "out of memory" and gives TH_ENOMEM. */
+#define NOMEM(err) th__err(err, TH_ENOMEM, "", "out of memory")
+
+/* Builds one message of an OpenAI-shaped body; NULL with err set. */
+typedef json_t *(*th__llm_message_fn)(const th_llm_message *m, size_t i, th_error *err);
+/* The start of an OpenAI-shaped chat body (shared by ollama): model, the
+ * system prompt as the first message, every message made by `message`, and
+ * the tools. Returns the new object, or NULL with the code in *rc (err
+ * filled). */
+json_t *th__openai_like_body(const th__llm_wire_req *w, th__llm_message_fn make_message, int *rc,
+                             th_error *err);
 /* Adds "Authorization: Bearer KEY" when key is set. */
 int th__llm_bearer(th__llm_http *h, const char *key);
 

@@ -10,8 +10,6 @@
 #include "core/error.h"
 #include "llm/wire_impl.h"
 
-#define NOMEM(err) th__err(err, TH_ENOMEM, "", "out of memory")
-
 static const char *role_name(th_llm_role r)
 {
     static const char *names[] = {"system", "user", "assistant", "tool"};
@@ -53,31 +51,12 @@ static json_t *message(const th_llm_message *m, size_t i, th_error *err)
 int th__ollama_chat_http(const th__llm_wire_req *w, th__llm_http *out, th_error *err)
 {
     const th_llm_request *r = w->req;
-    json_t *root = json_object(), *msgs = json_array(), *opts = json_object();
     int rc;
-    if (!root || !msgs || !opts || json_object_set(root, "messages", msgs))
-        goto nomem;
-    json_object_set_new(root, "model", json_string(w->model ? w->model : ""));
-    if (r->system && *r->system &&
-        json_array_append_new(msgs,
-                              json_pack("{s:s, s:s}", "role", "system", "content", r->system)))
-        goto nomem;
-    for (size_t i = 0; i < r->nmessages; i++) {
-        json_t *m = message(&r->messages[i], i, err);
-        if (!m) {
-            rc = err ? err->code : TH_EINVAL;
-            goto fail;
-        }
-        if (json_array_append_new(msgs, m))
-            goto nomem;
-    }
-    if (r->ntools) {
-        json_t *tools = th__openai_tools(r, err);
-        if (!tools) {
-            rc = err ? err->code : TH_EINVAL;
-            goto fail;
-        }
-        json_object_set_new(root, "tools", tools);
+    json_t *root = th__openai_like_body(w, message, &rc, err), *opts = json_object();
+    if (!root || !opts) {
+        json_decref(opts);
+        json_decref(root);
+        return root ? NOMEM(err) : rc;
     }
     json_object_set_new(root, "stream", json_boolean(r->stream));
     if (r->temperature >= 0)
@@ -90,15 +69,11 @@ int th__ollama_chat_http(const th__llm_wire_req *w, th__llm_http *out, th_error 
         th__llm_header(out, "Content-Type", "application/json"))
         goto nomem;
     json_decref(opts);
-    json_decref(msgs);
     return th__llm_body(out, root, err);
 nomem:
-    rc = NOMEM(err);
-fail:
     json_decref(opts);
-    json_decref(msgs);
     json_decref(root);
-    return rc;
+    return NOMEM(err);
 }
 
 /* Tool calls of one message: Ollama gives no ids, so they are numbered

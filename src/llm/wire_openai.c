@@ -10,8 +10,6 @@
 #include "core/error.h"
 #include "llm/wire_impl.h"
 
-#define NOMEM(err) th__err(err, TH_ENOMEM, "", "out of memory")
-
 json_t *th__openai_tools(const th_llm_request *req, th_error *err)
 {
     json_t *tools = json_array();
@@ -104,11 +102,12 @@ static json_t *message(const th_llm_message *m, size_t i, th_error *err)
     return j;
 }
 
-int th__openai_chat_http(const th__llm_wire_req *w, th__llm_http *out, th_error *err)
+json_t *th__openai_like_body(const th__llm_wire_req *w, th__llm_message_fn make_message, int *rc,
+                             th_error *err)
 {
     const th_llm_request *r = w->req;
     json_t *root = json_object(), *msgs = json_array();
-    int rc = TH_ENOMEM;
+    *rc = TH_ENOMEM;
     if (!root || !msgs || json_object_set(root, "messages", msgs))
         goto nomem;
     json_object_set_new(root, "model", json_string(w->model ? w->model : ""));
@@ -117,9 +116,9 @@ int th__openai_chat_http(const th__llm_wire_req *w, th__llm_http *out, th_error 
                               json_pack("{s:s, s:s}", "role", "system", "content", r->system)))
         goto nomem;
     for (size_t i = 0; i < r->nmessages; i++) {
-        json_t *m = message(&r->messages[i], i, err);
+        json_t *m = make_message(&r->messages[i], i, err);
         if (!m) {
-            rc = err ? err->code : TH_EINVAL;
+            *rc = err ? err->code : TH_EINVAL;
             goto fail;
         }
         if (json_array_append_new(msgs, m))
@@ -128,11 +127,28 @@ int th__openai_chat_http(const th__llm_wire_req *w, th__llm_http *out, th_error 
     if (r->ntools) {
         json_t *tools = th__openai_tools(r, err);
         if (!tools) {
-            rc = err ? err->code : TH_EINVAL;
+            *rc = err ? err->code : TH_EINVAL;
             goto fail;
         }
         json_object_set_new(root, "tools", tools);
     }
+    json_decref(msgs);
+    return root;
+nomem:
+    *rc = NOMEM(err);
+fail:
+    json_decref(msgs);
+    json_decref(root);
+    return NULL;
+}
+
+int th__openai_chat_http(const th__llm_wire_req *w, th__llm_http *out, th_error *err)
+{
+    const th_llm_request *r = w->req;
+    int rc;
+    json_t *root = th__openai_like_body(w, message, &rc, err);
+    if (!root)
+        return rc;
     json_object_set_new(root, "max_tokens", json_integer(r->max_tokens > 0 ? r->max_tokens : 1024));
     if (r->temperature >= 0)
         json_object_set_new(root, "temperature", json_real(r->temperature));
@@ -141,16 +157,11 @@ int th__openai_chat_http(const th__llm_wire_req *w, th__llm_http *out, th_error 
         json_object_set_new(root, "stream_options", json_pack("{s:b}", "include_usage", 1));
     }
     if (th__llm_url(out, w->base_url, "/chat/completions") || th__llm_bearer(out, w->api_key) ||
-        th__llm_header(out, "Content-Type", "application/json"))
-        goto nomem;
-    json_decref(msgs);
+        th__llm_header(out, "Content-Type", "application/json")) {
+        json_decref(root);
+        return NOMEM(err);
+    }
     return th__llm_body(out, root, err);
-nomem:
-    rc = NOMEM(err);
-fail:
-    json_decref(msgs);
-    json_decref(root);
-    return rc;
 }
 
 static void usage(const json_t *u, th_llm_response *out)
