@@ -284,6 +284,16 @@ static void begin_target(th_llm_gateway *gw, struct th_llm_call *c, int64_t now)
                     th_llm_breaker_name(p->breaker));
             continue;
         }
+        char scope[80];
+        snprintf(scope, sizeof scope, "key:%s", p->key_name);
+        const char *model = t->model && *t->model ? t->model : p->model;
+        if (th__llm_budget_check(gw, scope, th__llm_worst_cost(gw, c, model), &c->last_err) < 0) {
+            if (c->probe) {
+                p->probes--;
+                c->probe = 0;
+            }
+            continue;
+        }
         if (p->queue.n >= p->o.max_queue) {
             if (c->probe) {
                 p->probes--;
@@ -385,6 +395,16 @@ static int64_t backoff_ms(th_llm_gateway *gw, const th__llm_provider *p, int tri
     return d < 0 ? 0 : (int64_t)d;
 }
 
+double th__llm_worst_cost(th_llm_gateway *gw, const struct th_llm_call *c, const char *model)
+{
+    th__llm_price *pr = th__llm_find_price(gw, model);
+    if (!pr)
+        return 0;
+    int64_t out = c->req.max_tokens > 0 ? c->req.max_tokens : 1024;
+    int64_t in = c->est_tokens > out ? c->est_tokens - out : 0;
+    return ((double)in * pr->in_per_m + (double)out * pr->out_per_m) / 1e6;
+}
+
 /* Records usage and cost of a successful attempt. */
 static void account(th_llm_gateway *gw, struct th_llm_call *c)
 {
@@ -401,6 +421,7 @@ static void account(th_llm_gateway *gw, struct th_llm_call *c)
         p->tok_bucket.level -= (double)(u.input_tokens + u.output_tokens - c->est_tokens);
     c->resp.usage = u;
     c->resp.cost_usd = cost;
+    th__llm_spend_record(gw, p, c->model, c->req.agent, &u, cost);
     snprintf(c->resp.provider, sizeof c->resp.provider, "%s", p->name);
     snprintf(c->resp.model, sizeof c->resp.model, "%s", c->model ? c->model : "");
 }
