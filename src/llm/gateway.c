@@ -93,6 +93,7 @@ th_llm_gateway *th_llm_gateway_new(const th_llm_gateway_options *opts, th_error 
     th_llm_gateway *gw = th__calloc(1, sizeof *gw);
     if (!gw)
         goto nomem;
+    gw->epfd = gw->wakefd = -1;
     gw->on_event = o.on_event;
     gw->ud = o.ud;
     th__rng_seed(&gw->rng, o.seed);
@@ -101,7 +102,7 @@ th_llm_gateway *th_llm_gateway_new(const th_llm_gateway_options *opts, th_error 
         if (th_llm_set_price(gw, builtin_prices[i].model, builtin_prices[i].in,
                              builtin_prices[i].out) < 0)
             goto nomem;
-    if (!(gw->multi = curl_multi_init()))
+    if (!(gw->multi = curl_multi_init()) || th__llm_io_init(gw) < 0)
         goto nomem;
     if (pthread_mutex_init(&gw->mu, NULL) != 0)
         goto nomem;
@@ -123,6 +124,7 @@ fail:
         th__llm_spend_close(gw);
         if (gw->multi)
             curl_multi_cleanup(gw->multi);
+        th__llm_io_close(gw);
         for (size_t i = 0; i < gw->nprices; i++)
             th__free(gw->prices[i].model);
         th__free(gw->prices);
@@ -140,10 +142,11 @@ void th_llm_gateway_free(th_llm_gateway *gw)
     pthread_mutex_lock(&gw->mu);
     gw->stop = 1;
     pthread_mutex_unlock(&gw->mu);
-    curl_multi_wakeup(gw->multi);
+    th__llm_io_wake(gw);
     pthread_join(gw->thread, NULL);
     th__llm_spend_close(gw);
     curl_multi_cleanup(gw->multi);
+    th__llm_io_close(gw);
     for (int i = 0; i < gw->nprov; i++)
         provider_free(gw->prov[i]);
     for (size_t i = 0; i < gw->nprices; i++)
@@ -263,7 +266,7 @@ int th_llm_gateway_add_provider(th_llm_gateway *gw, const th_llm_provider_option
     }
     gw->prov[gw->nprov++] = p;
     pthread_mutex_unlock(&gw->mu);
-    curl_multi_wakeup(gw->multi);
+    th__llm_io_wake(gw);
     return 0;
 nomem:
     provider_free(p);
@@ -395,7 +398,7 @@ static int submit(th_llm_gateway *gw, struct th_llm_call *c, const th_llm_reques
     gw->live++;
     th__llm_list_push(&gw->inbox, c);
     pthread_mutex_unlock(&gw->mu);
-    curl_multi_wakeup(gw->multi);
+    th__llm_io_wake(gw);
     return 0;
 }
 
@@ -464,7 +467,7 @@ void th_llm_call_cancel(th_llm_call *c)
         gw->cancels = c;
     }
     pthread_mutex_unlock(&gw->mu);
-    curl_multi_wakeup(gw->multi);
+    th__llm_io_wake(gw);
 }
 
 void th_llm_call_free(th_llm_call *c)

@@ -9,7 +9,7 @@
  * call->mu. gw->mu guards the inbox, the cancel list, the provider list and
  * every provider's counters and state; the gateway thread holds it while it
  * processes and drops it while curl transfers data and while it sleeps in
- * curl_multi_poll. call->mu guards what a waiting caller reads: the ended
+ * epoll_wait. call->mu guards what a waiting caller reads: the ended
  * flag, the outcome and the buffered deltas.
  */
 #ifndef TH_LLM_GATEWAY_H
@@ -29,6 +29,9 @@
 
 #define TH__LLM_MAX_PROVIDERS 64
 #define TH__LLM_NAME_MAX 63
+/* In-flight requests to one provider above which a new transfer does not
+ * look for an idle connection to reuse (gateway_http.c). */
+#define TH__LLM_REUSE_MAX 128
 
 typedef struct th__llm_call_list {
     struct th_llm_call *head, *tail;
@@ -169,8 +172,10 @@ struct th_llm_gateway {
     pthread_t thread;
     int thread_started;
     int stop;
-    int kicked; /* a transfer was added since the last curl_multi_perform */
     CURLM *multi;
+    int epfd;         /* the sockets curl asks to watch, and wakefd */
+    int wakefd;       /* an eventfd other threads write to wake the loop */
+    int64_t curl_due; /* when curl wants its timeout action (mono ms); -1 none */
     th__rng rng;
     void (*on_event)(const th_llm_event *ev, void *ud);
     void *ud;
@@ -248,6 +253,17 @@ int th__llm_budget_check(th_llm_gateway *gw, const char *scope, double worst, th
 double th__llm_worst_cost(th_llm_gateway *gw, const struct th_llm_call *c, const char *model);
 
 /* ---- gateway_http.c: transfers -------------------------------------------- */
+
+/* Sets up the multi handle's socket and timer callbacks over an epoll set
+ * and the wake-up eventfd. TH_ENOMEM / TH_EIO. */
+int th__llm_io_init(th_llm_gateway *gw);
+/* Closes what th__llm_io_init made (after curl_multi_cleanup). */
+void th__llm_io_close(th_llm_gateway *gw);
+/* Waits up to `wait_ms` for sockets or the wake-up, then lets curl work on
+ * the ready sockets and its due timeouts (gateway thread, without gw->mu). */
+void th__llm_io_run(th_llm_gateway *gw, long wait_ms);
+/* Wakes the gateway thread from any thread. */
+void th__llm_io_wake(th_llm_gateway *gw);
 
 /* Builds and adds the curl transfer of the call's current attempt.
  * TH_EINVAL / TH_ENOMEM with err (nothing added then). */

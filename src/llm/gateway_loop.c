@@ -4,11 +4,11 @@
  * admits it under the provider's concurrency limit and rate buckets or
  * queues it, runs attempts (curl transfers or the mock model), retries with
  * backoff, falls back to the next target, runs health checks, and finally
- * runs done callbacks. It sleeps in curl_multi_poll until a socket is ready,
- * the next deadline comes, or another thread calls curl_multi_wakeup.
+ * runs done callbacks. It sleeps in epoll_wait (gateway_http.c) until a
+ * socket is ready, the next deadline comes, or another thread wakes it.
  *
- * Everything here runs with gw->mu held, except curl_multi_perform (whose
- * callbacks touch only their own call), the poll, and done callbacks.
+ * Everything here runs with gw->mu held, except the socket work (whose
+ * callbacks touch only their own call), the wait, and done callbacks.
  */
 #include "llm/gateway.h"
 
@@ -636,10 +636,13 @@ void *th__llm_loop(void *arg)
         }
         run_finished(gw);
 
-        gw->kicked = 0;
+        if (gw->stop)
+            break;
+        long wait = gw->inbox.head || gw->cancels ? 0 : next_wait(gw, now);
         pthread_mutex_unlock(&gw->mu);
-        int running = 0;
-        curl_multi_perform(gw->multi, &running);
+        /* Transfers move here, without the lock: only the sockets that are
+         * ready (and curl's own timeouts) are worked on. */
+        th__llm_io_run(gw, wait);
         pthread_mutex_lock(&gw->mu);
         now = now_ms();
         CURLMsg *m;
@@ -652,13 +655,6 @@ void *th__llm_loop(void *arg)
             transfer_done(gw, priv, m->data.result, now);
         }
         run_finished(gw);
-        if (gw->stop)
-            break;
-        long wait = gw->inbox.head || gw->cancels || gw->kicked ? 0 : next_wait(gw, now);
-        pthread_mutex_unlock(&gw->mu);
-        if (wait > 0)
-            curl_multi_poll(gw->multi, NULL, 0, (int)wait, NULL);
-        pthread_mutex_lock(&gw->mu);
     }
     /* Stopping: every call still alive ends with TH_ECLOSED. */
     th_error closed;
