@@ -9,6 +9,7 @@
 #include "common.h"
 #include "engine.h"
 #include "error.h"
+#include "llm.h"
 #include "pool.h"
 #include "store.h"
 #include "supervisor.h"
