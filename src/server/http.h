@@ -15,6 +15,7 @@
 #include <stdatomic.h>
 
 #include "server/config.h"
+#include "taskhive/agent.h"
 #include "taskhive/taskhive.h"
 
 /* One event kept for Server-Sent Events and Last-Event-ID resume. */
@@ -62,6 +63,10 @@ typedef struct th__server {
     th_supervisor *sv;     /* services.c; NULL without [service.*] */
     th_llm_gateway *gw;    /* llm.c */
     char default_provider[64];
+    th_tools *tools; /* agents.c */
+    th_agents *agents;
+    th_memory *memory;
+    th_agent_env agent_env;
     int sv_sub;
     pthread_t drainer;
     int has_drainer;

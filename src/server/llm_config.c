@@ -12,6 +12,7 @@
 
 #include "core/alloc.h"
 #include "server/config_values.h"
+#include "taskhive/agent.h"
 
 static int keep(char **slot, const char *v)
 {
@@ -282,6 +283,35 @@ int th__llm_config_finish(th__llm_conf *c, char *err, size_t errlen)
         p->o.embed_model = p->embed_model;
         p->o.key_name = p->key_name;
         p->o.anthropic_version = p->anthropic_version;
+    }
+    /* Agent keys are checked now, so --check-config catches them; the
+     * definitions are made when the daemon starts (agents.c). */
+    for (size_t i = 0; i < c->nagents; i++) {
+        th_agent_def *d = th_agent_def_new();
+        th_error e = {0};
+        int bad = !d;
+        for (size_t k = 0; !bad && k < c->agents[i].nkv; k++) {
+            const char *key = c->agents[i].kv[k].key, *v = c->agents[i].kv[k].value;
+            double x;
+            if (strcmp(key, "budget_daily") == 0 || strcmp(key, "budget_monthly") == 0) {
+                if (th__parse_double(v, 0, 1e9, &x)) {
+                    snprintf(e.field, sizeof e.field, "%s", key);
+                    snprintf(e.message, sizeof e.message, "'%s' must be a number of USD", v);
+                    bad = 1;
+                }
+            } else if (strcmp(key, "name") == 0) {
+                snprintf(e.field, sizeof e.field, "name");
+                snprintf(e.message, sizeof e.message, "comes from the section: [agent.NAME]");
+                bad = 1;
+            } else {
+                bad = th_agent_def_set(d, key, v, &e) != 0;
+            }
+        }
+        th_agent_def_free(d);
+        if (bad) {
+            snprintf(err, errlen, "[agent.%s] %s: %s", c->agents[i].name, e.field, e.message);
+            return -1;
+        }
     }
     if (c->default_provider) {
         int found = strcmp(c->default_provider, "mock") == 0;
