@@ -8,6 +8,7 @@
 
 #include <ctype.h>
 #include <math.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -67,6 +68,8 @@ static void provider_free(th__llm_provider *p)
         return;
     th__free(p->name);
     th__free(p->base_url);
+    if (p->api_key)
+        sodium_memzero(p->api_key, strlen(p->api_key));
     th__free(p->api_key);
     th__free(p->model);
     th__free(p->embed_model);
@@ -271,6 +274,25 @@ int th_llm_gateway_add_provider(th_llm_gateway *gw, const th_llm_provider_option
 nomem:
     provider_free(p);
     return th__err(err, TH_ENOMEM, "", "out of memory");
+}
+
+int th_llm_set_api_key(th_llm_gateway *gw, const char *name, const char *api_key)
+{
+    char *k = NULL;
+    if (api_key && *api_key && !(k = th__strdup(api_key)))
+        return TH_ENOMEM;
+    pthread_mutex_lock(&gw->mu);
+    th__llm_provider *p = th__llm_find_provider(gw, name);
+    if (p) {
+        if (p->api_key)
+            sodium_memzero(p->api_key, strlen(p->api_key));
+        th__free(p->api_key);
+        p->api_key = k;
+        k = NULL;
+    }
+    pthread_mutex_unlock(&gw->mu);
+    th__free(k);
+    return p ? 0 : TH_ENOTFOUND;
 }
 
 /* ---- prices ----------------------------------------------------------------- */

@@ -62,6 +62,7 @@ typedef struct th__server {
     struct event *drained; /* the drain thread is done */
     th_supervisor *sv;     /* services.c; NULL without [service.*] */
     th_llm_gateway *gw;    /* llm.c */
+    struct th__keys *keys; /* keys.c; opened at start or on first use */
     char default_provider[64];
     th_tools *tools; /* agents.c */
     th_agents *agents;

@@ -107,6 +107,7 @@ static int provider_key(th__provider_conf *p, const char *k, const char *v, char
                  : strcmp(k, "model") == 0             ? &p->model
                  : strcmp(k, "embed_model") == 0       ? &p->embed_model
                  : strcmp(k, "api_key_env") == 0       ? &p->api_key_env
+                 : strcmp(k, "api_key_store") == 0     ? &p->api_key_store
                  : strcmp(k, "key_name") == 0          ? &p->key_name
                  : strcmp(k, "anthropic_version") == 0 ? &p->anthropic_version
                  : strcmp(k, "restart_service") == 0   ? &p->restart_service
@@ -120,7 +121,9 @@ static int provider_key(th__provider_conf *p, const char *k, const char *v, char
         return keep(str, v) ? BAD("out of memory") : 1;
     }
     if (strcmp(k, "api_key") == 0)
-        return BAD("api_key: keys do not belong in the file; set api_key_env = VARIABLE%s", "");
+        return BAD("api_key: keys do not belong in the file; set api_key_env = VARIABLE or "
+                   "api_key_store = NAME (taskhive keys set NAME)%s",
+                   "");
     struct {
         const char *key;
         long min, max;
@@ -277,6 +280,11 @@ int th__llm_config_finish(th__llm_conf *c, char *err, size_t errlen)
                      p->name);
             return -1;
         }
+        if (p->api_key_env && p->api_key_store) {
+            snprintf(err, errlen, "[provider.%s]: api_key_env and api_key_store exclude each other",
+                     p->name);
+            return -1;
+        }
         p->o.name = p->name;
         p->o.base_url = p->base_url;
         p->o.model = p->model;
@@ -334,6 +342,7 @@ void th__llm_config_free(th__llm_conf *c)
         th__free(p->model);
         th__free(p->embed_model);
         th__free(p->api_key_env);
+        th__free(p->api_key_store);
         th__free(p->key_name);
         th__free(p->anthropic_version);
         th__free(p->restart_service);
