@@ -142,6 +142,9 @@ int th__llm_transfer_start(th_llm_gateway *gw, struct th_llm_call *c, th_error *
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)p->o.timeout_ms);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)p->o.connect_timeout_ms);
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    /* Streams arrive in small chunks: a 4 KiB receive buffer instead of
+     * 16 KiB saves 12 KiB per request in flight (120 MB at 10,000). */
+    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 4096L);
     /* Looking for a connection to reuse, and keeping an idle one, walk
      * every connection curl holds; with hundreds in flight (HTTP/1.1: one
      * each) that made 10,000 concurrent streams quadratic. Past this many a
