@@ -260,6 +260,62 @@ static void test_key_store(void **state)
     fakellm_free(f);
 }
 
+/* The service row of `name` in /v1/services: its pid and restarts. */
+static void service_row(thd_daemon *d, const char *name, long *pid, long *restarts)
+{
+    thd_resp *r = thd_req(d, "GET", thd_p("/v1/services/%s", name), NULL);
+    json_t *row = json_array_get(json_object_get(r->json, "services"), 0);
+    *pid = row ? (long)thd_jint(row, "pid", -1) : -1;
+    *restarts = row ? (long)thd_jint(row, "restarts", -1) : -1;
+    thd_resp_free(r);
+}
+
+/* A local provider that fails its health checks gets its supervised service
+ * restarted, and is healthy again once the checks pass. */
+static void test_restart_service(void **state)
+{
+    (void)state;
+    fakellm *f = fakellm_start();
+    char *dir = thd_newdir("llmrestart");
+    char *ini = config(dir, thd_p("[service.localllm]\ncommand = exec sleep 300\n"
+                                  "[provider.local]\nformat = ollama\nbase_url = %s\n"
+                                  "health_interval = 50ms\nhealth_failures = 2\n"
+                                  "restart_service = localllm\n",
+                                  fakellm_url(f, TH_LLM_OLLAMA)));
+    const char *extra[] = {"--config", ini, NULL};
+    thd_daemon *d = thd_start(dir, extra);
+    long pid0 = -1, restarts = -1;
+    for (int i = 0; i < 300 && pid0 <= 0; i++) {
+        service_row(d, "localllm", &pid0, &restarts);
+        thd_sleep_ms(20);
+    }
+    assert_true(pid0 > 0);
+    fakellm_set_health(f, 503);
+    long pid = pid0;
+    for (int i = 0; i < 500 && (pid == pid0 || pid <= 0); i++) {
+        thd_sleep_ms(20);
+        service_row(d, "localllm", &pid, &restarts);
+    }
+    assert_true(pid > 0 && pid != pid0);
+    thd_resp *r = thd_req(d, "GET", "/v1/providers/local", NULL);
+    assert_false(thd_jbool(r->json, "healthy"));
+    thd_resp_free(r);
+    fakellm_set_health(f, 200);
+    int healthy = 0;
+    for (int i = 0; i < 500 && !healthy; i++) {
+        thd_sleep_ms(20);
+        r = thd_req(d, "GET", "/v1/providers/local", NULL);
+        healthy = thd_jbool(r->json, "healthy");
+        thd_resp_free(r);
+    }
+    assert_true(healthy);
+    thd_stop(d);
+    thd_free(d);
+    free(ini);
+    free(dir);
+    fakellm_free(f);
+}
+
 int main(void)
 {
     thd_curl_init();
@@ -267,6 +323,7 @@ int main(void)
         cmocka_unit_test_teardown(test_providers_and_spend, thd_teardown),
         cmocka_unit_test(test_bad_config),
         cmocka_unit_test_teardown(test_key_store, thd_teardown),
+        cmocka_unit_test_teardown(test_restart_service, thd_teardown),
     };
     return cmocka_run_group_tests_name("daemon_llm", tests, NULL, NULL);
 }
