@@ -11,7 +11,9 @@
  *     successful probes, open again when a probe fails;
  *   - fallback to the next target, and its event;
  *   - concurrency limits with a wait queue, a full queue refused with
- *     TH_EBUSY, request-rate buckets;
+ *     TH_EBUSY, request-rate buckets, the providers' rate-limit headers
+ *     (x-ratelimit-*, anthropic-ratelimit-*) holding calls back, token
+ *     buckets charged with actual usage;
  *   - cancellation of hung and queued calls (the connection is closed);
  *   - health checks: unhealthy after N failed checks (calls refused), healthy
  *     again when the checks pass;
@@ -331,6 +333,72 @@ static void test_rate_bucket(void **state)
     th_llm_gateway_free(gw);
 }
 
+/* A provider that says its request window is spent holds back the next
+ * call until the window resets; the token bucket spaces calls by their
+ * estimated size. */
+static void test_rate_headers_and_tokens(void **state)
+{
+    (void)state;
+    fakellm *f = fakellm_start();
+    th_llm_gateway *gw = gw_new(NULL);
+    th_llm_provider_options o = gw_opts("oa", TH_LLM_OPENAI, f);
+    gw_add(gw, &o);
+    gw_req q;
+    gw_req_init(&q, "hi", "oa", NULL);
+    th_llm_response r;
+    th_error err;
+    fakellm_reply rep = {.kind = FAKE_OK};
+    rep.headers[0] = "x-ratelimit-remaining-requests: 0";
+    rep.headers[1] = "x-ratelimit-reset-requests: 300ms";
+    fakellm_push(f, &rep);
+    assert_int_equal(th_llm_chat(gw, &q.r, &r, &err), 0);
+    th_llm_response_free(&r);
+    int64_t t0 = mono_ms();
+    assert_int_equal(th_llm_chat(gw, &q.r, &r, &err), 0);
+    assert_true(mono_ms() - t0 >= 250);
+    assert_int_equal(r.attempts, 1);
+    th_llm_response_free(&r);
+
+    /* Anthropic's headers: the same hold. */
+    o = gw_opts("an", TH_LLM_ANTHROPIC, f);
+    gw_add(gw, &o);
+    gw_req_init(&q, "hi", "an", NULL);
+    rep = (fakellm_reply){.kind = FAKE_OK};
+    rep.headers[0] = "anthropic-ratelimit-tokens-remaining: 0";
+    rep.headers[1] = "retry-after: 1";
+    fakellm_push(f, &rep);
+    assert_int_equal(th_llm_chat(gw, &q.r, &r, &err), 0);
+    th_llm_response_free(&r);
+    t0 = mono_ms();
+    assert_int_equal(th_llm_chat(gw, &q.r, &r, &err), 0);
+    assert_true(mono_ms() - t0 >= 900);
+    th_llm_response_free(&r);
+
+    /* 60,000 tokens a minute: at most 1,000 held, 1,000 a second more. Each
+     * call uses about 400 tokens (the mock echoes 200 words), charged after
+     * the answer: before the sixth call starts, five have used ~2,000, so
+     * the bucket must have refilled ~1,000 tokens: a second at least. */
+    o = gw_opts("m", TH_LLM_MOCK, NULL);
+    o.tokens_per_min = 60000;
+    gw_add(gw, &o);
+    char words[401];
+    for (int i = 0; i < 200; i++)
+        memcpy(words + 2 * i, "w ", 2);
+    words[400] = '\0';
+    gw_req_init(&q, words, "m", NULL);
+    t0 = mono_ms();
+    int64_t used = 0;
+    for (int i = 0; i < 6; i++) {
+        assert_int_equal(th_llm_chat(gw, &q.r, &r, &err), 0);
+        used += r.usage.input_tokens + r.usage.output_tokens;
+        th_llm_response_free(&r);
+    }
+    assert_true(used > 2000);
+    assert_true(mono_ms() - t0 >= 1000);
+    th_llm_gateway_free(gw);
+    fakellm_free(f);
+}
+
 static int cancel_after(void *ud)
 {
     int *n = ud;
@@ -455,6 +523,7 @@ int main(void)
         cmocka_unit_test(test_fallback),
         cmocka_unit_test(test_concurrency_and_queue),
         cmocka_unit_test(test_rate_bucket),
+        cmocka_unit_test(test_rate_headers_and_tokens),
         cmocka_unit_test(test_cancel),
         cmocka_unit_test(test_health),
         cmocka_unit_test(test_free_with_calls_in_flight),
