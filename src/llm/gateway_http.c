@@ -38,7 +38,13 @@ static size_t on_header(char *buf, size_t size, size_t n, void *ud)
 static void on_stream_delta(const char *text, size_t len, void *ud)
 {
     struct th_llm_call *c = ud;
-    c->streamed = 1;
+    if (!len)
+        return;
+    if (!c->first_ns)
+        c->first_ns = th__mono_ns();
+    /* From now on a retry or a fallback would repeat text the caller has
+     * seen; a call nobody reads deltas of may still be retried. */
+    c->streamed |= c->want_deltas;
     th__llm_call_push_delta(c, text, len);
 }
 

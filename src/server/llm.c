@@ -16,10 +16,12 @@
 
 #include <errno.h>
 #include <sodium.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "core/alloc.h"
 #include "server/keys.h"
@@ -30,6 +32,10 @@ typedef struct restart_job {
     th_supervisor *sv;
     char name[128];
 } restart_job;
+
+/* Restart threads still running; th__llm_stop waits for them, so none
+ * outlives the supervisor. */
+static atomic_int restarts_running;
 
 static void *restart_main(void *arg)
 {
@@ -42,6 +48,7 @@ static void *restart_main(void *arg)
         th__log(TH_LOG_WARN, "llm", json_pack("{s:s}", "service", j->name),
                 "restarted the provider's service after failed health checks");
     th__free(j);
+    atomic_fetch_sub(&restarts_running, 1);
     return NULL;
 }
 
@@ -69,10 +76,13 @@ static void on_llm_event(const th_llm_event *ev, void *ud)
             return;
         j->sv = sv;
         snprintf(j->name, sizeof j->name, "%s", p->restart_service);
-        if (pthread_create(&t, NULL, restart_main, j) == 0)
+        atomic_fetch_add(&restarts_running, 1);
+        if (pthread_create(&t, NULL, restart_main, j) == 0) {
             pthread_detach(t);
-        else
+        } else {
+            atomic_fetch_sub(&restarts_running, 1);
             th__free(j);
+        }
     }
 }
 
@@ -216,6 +226,10 @@ void th__llm_stop(th__server *s)
 {
     th_llm_gateway_free(s->gw);
     s->gw = NULL;
+    /* No new restart starts once the gateway is gone; wait for those
+     * running (bounded by the supervisor's own stop timeouts). */
+    while (atomic_load(&restarts_running) > 0)
+        usleep(10000);
     th__keys_free(s->keys);
     s->keys = NULL;
 }
@@ -369,9 +383,15 @@ static void keys_route(th__req *q, enum evhttp_cmd_type method)
         json_decref(body);
         return;
     }
-    if (!json_is_string(v) || json_string_length(v) == 0 || json_string_length(v) > 4096) {
+    int printable = json_is_string(v) && json_string_length(v) > 0 && json_string_length(v) <= 4096;
+    for (size_t i = 0; printable && i < json_string_length(v); i++) {
+        unsigned char ch = (unsigned char)json_string_value(v)[i];
+        printable = ch > 0x20 && ch < 0x7f; /* no spaces, CR, LF or NUL in a header */
+    }
+    if (!printable) {
         json_decref(body);
-        th__reply_error(q, 400, "EINVAL", "value", "must be a string of 1 to 4096 bytes");
+        th__reply_error(q, 400, "EINVAL", "value",
+                        "must be 1 to 4096 printable ASCII characters without spaces");
         return;
     }
     int existed = 0;

@@ -193,6 +193,10 @@ static void test_key_store(void **state)
     r = thd_req(d, "PUT", "/v1/keys/team", "{\"value\":\"\"}");
     thd_assert_error(r, 400, "EINVAL", "value");
     thd_resp_free(r);
+    /* A line break would end the Authorization header early. */
+    r = thd_req(d, "PUT", "/v1/keys/team", "{\"value\":\"sk-1\\r\\nX-Evil: 1\"}");
+    thd_assert_error(r, 400, "EINVAL", "value");
+    thd_resp_free(r);
     r = thd_req(d, "PUT", "/v1/keys/team", "{\"value\":\"x\",\"note\":1}");
     thd_assert_error(r, 400, "EINVAL", "note");
     thd_resp_free(r);
