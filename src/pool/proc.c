@@ -156,18 +156,21 @@ static void on_sigterm(int sig)
 static void child_main(th_pool *p, int fd) __attribute__((noreturn));
 static void child_main(th_pool *p, int fd)
 {
-    sigset_t all;
-    sigemptyset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, NULL);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_sigterm;
     sigaction(SIGTERM, &sa, NULL);
     /* The embedding program's handlers (a SIGSEGV handler, say) must not
-     * run in the child: a crash here should be a crash. */
+     * run in the child: a crash here should be a crash. They are reset
+     * before signals are unblocked, so a signal pending since the fork
+     * never reaches a handler of the parent's (libevent's would write into
+     * the parent's signal pipe). */
     for (int sig = 1; sig < NSIG; sig++)
         if (sig != SIGTERM && sig != SIGKILL && sig != SIGSTOP)
             signal(sig, SIG_DFL);
+    sigset_t all;
+    sigemptyset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, NULL);
     /* Keep stdio and our channel (moved to fd 3); drop every other
      * descriptor inherited from the pool's process (database files, other
      * workers' channels). */

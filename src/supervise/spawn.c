@@ -226,15 +226,19 @@ static void child_main(const th__sv_exec *x, int out_fd, int err_fd, pid_t paren
     __attribute__((noreturn));
 static void child_main(const th__sv_exec *x, int out_fd, int err_fd, pid_t parent)
 {
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
+    /* Handlers first, then the mask: a signal pending since the fork (a
+     * stop sent at once) must not run the parent's handler here — libevent's
+     * would write it into the daemon's own signal pipe, and the daemon would
+     * act on a signal meant for this child. */
     struct sigaction dfl;
     memset(&dfl, 0, sizeof dfl);
     dfl.sa_handler = SIG_DFL;
     for (int sig = 1; sig < NSIG; sig++)
         if (sig != SIGKILL && sig != SIGSTOP)
             sigaction(sig, &dfl, NULL);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
     setpgid(0, 0);
     /* Move the fds above 2 first, so dup2 never overwrites one still needed. */
     int null = open("/dev/null", O_RDWR);
