@@ -16,7 +16,7 @@ BUILD   ?= build
 SAN     ?=
 
 CC      ?= cc
-PKGS    := sqlite3 jansson libsodium libzstd zlib libcurl libevent libevent_pthreads inih
+PKGS    := sqlite3 jansson libsodium libzstd zlib libcurl libevent libevent_pthreads inih libpq
 DEPCFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 DEPLIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lsqlite3 -ljansson)
 

@@ -94,6 +94,14 @@ typedef struct th__store_stats {
 
 typedef struct th__store_ops {
     const char *kind;
+    /* Blocked claims and the timer look at the store again at least this
+     * often, in ms: other processes change a shared store without passing
+     * through this engine. 0: never needed. */
+    int64_t poll_ms;
+    /* Optional (NULL when every change passes through this process): the
+     * store calls fn(ud, queue) from its own thread when another process
+     * made tasks of `queue` ready (NULL: of any queue). */
+    void (*set_waker)(th_store *s, void (*fn)(void *ud, const char *queue), void *ud);
     int (*configure)(th_store *s, const th__store_config *cfg);
     int (*submit)(th_store *s, th__submit *items, size_t n, int64_t now, th__evbuf *ev,
                   th_error *err);
@@ -136,5 +144,7 @@ struct th_store {
 /* Constructors of the built-in stores. */
 th_store *th__memory_store_new(th_error *err);
 th_store *th__sqlite_store_open(const char *path, const th_store_options *opts, th_error *err);
+/* `uri` is a libpq connection string or postgres:// uri. */
+th_store *th__pg_store_open(const char *uri, const th_store_options *opts, th_error *err);
 
 #endif

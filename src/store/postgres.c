@@ -1,0 +1,499 @@
+/*
+ * The PostgreSQL store: connections, transactions, the schema and its
+ * migrations, and LISTEN/NOTIFY wake-ups. The operations themselves (the
+ * state machine in SQL) are in postgres_ops.c; see postgres.h.
+ *
+ * A small pool of connections lets concurrent engine calls run their
+ * transactions side by side. A statement that fails because the connection
+ * was lost did not commit, so the transaction is run again on a reset
+ * connection; a COMMIT whose answer was lost is not retried (its outcome is
+ * unknown, and repeating it could double an outcome): the caller gets TH_EIO.
+ *
+ * Lock order: see postgres.h.
+ */
+#include "store/postgres.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/alloc.h"
+#include "core/error.h"
+
+#define MAX_ATTEMPTS 4
+
+/* ---- parameters and results --------------------------------------------- */
+
+void th__pg_p_str(th__pg_params *pr, const char *s)
+{
+    pr->v[pr->n++] = s;
+}
+
+void th__pg_p_i64(th__pg_params *pr, int64_t x)
+{
+    snprintf(pr->buf[pr->n], sizeof pr->buf[pr->n], "%" PRId64, x);
+    pr->v[pr->n] = pr->buf[pr->n];
+    pr->n++;
+}
+
+void th__pg_p_dbl(th__pg_params *pr, double x)
+{
+    snprintf(pr->buf[pr->n], sizeof pr->buf[pr->n], "%.17g", x);
+    pr->v[pr->n] = pr->buf[pr->n];
+    pr->n++;
+}
+
+PGresult *th__pg_exec(th__pg_tx *tx, const char *sql, const th__pg_params *pr)
+{
+    if (tx->dberr)
+        return NULL;
+    /* Without parameters the simple protocol runs, which allows several
+     * statements (migrations). */
+    PGresult *r =
+        pr ? PQexecParams(tx->c, sql, pr->n, NULL, pr->v, NULL, NULL, 0) : PQexec(tx->c, sql);
+    ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
+        return r;
+    const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+    snprintf(tx->sqlstate, sizeof tx->sqlstate, "%s", state ? state : "");
+    snprintf(tx->errmsg, sizeof tx->errmsg, "%s", PQerrorMessage(tx->c));
+    tx->dberr = 1;
+    PQclear(r);
+    return NULL;
+}
+
+int th__pg_cmd(th__pg_tx *tx, const char *sql, const th__pg_params *pr)
+{
+    PGresult *r = th__pg_exec(tx, sql, pr);
+    PQclear(r);
+    return r ? 0 : -1;
+}
+
+int64_t th__pg_i64(const PGresult *r, int row, int col)
+{
+    return PQgetisnull(r, row, col) ? 0 : strtoll(PQgetvalue(r, row, col), NULL, 10);
+}
+
+const char *th__pg_str(const PGresult *r, int row, int col)
+{
+    return PQgetisnull(r, row, col) ? NULL : PQgetvalue(r, row, col);
+}
+
+const char *th__pg_intern(th__pg *p, const char *queue)
+{
+    pthread_mutex_lock(&p->smu);
+    th__pg_name *n = p->names;
+    while (n && strcmp(n->name, queue) != 0)
+        n = n->next;
+    if (!n) {
+        size_t len = strlen(queue) + 1;
+        if ((n = th__malloc(sizeof *n + len))) {
+            memcpy(n->name, queue, len);
+            n->next = p->names;
+            p->names = n;
+        }
+    }
+    pthread_mutex_unlock(&p->smu);
+    return n ? n->name : NULL;
+}
+
+/* ---- the pool ------------------------------------------------------------ */
+
+static int take_conn(th__pg *p)
+{
+    pthread_mutex_lock(&p->pool_mu);
+    for (;;) {
+        for (int i = 0; i < TH_PG_POOL; i++) {
+            if (p->idle[i]) {
+                p->idle[i] = 0;
+                pthread_mutex_unlock(&p->pool_mu);
+                return i;
+            }
+        }
+        pthread_cond_wait(&p->pool_cv, &p->pool_mu);
+    }
+}
+
+static void give_conn(th__pg *p, int i)
+{
+    pthread_mutex_lock(&p->pool_mu);
+    p->idle[i] = 1;
+    pthread_cond_signal(&p->pool_cv);
+    pthread_mutex_unlock(&p->pool_mu);
+}
+
+static void quiet(void *arg, const char *message)
+{
+    (void)arg;
+    (void)message; /* notices (e.g. "already exists, skipping") are not errors */
+}
+
+/* Makes conns[i] usable: connects it the first time, resets it after a loss.
+ * Returns 0 when it is connected. */
+static int ensure_conn(th__pg *p, int i)
+{
+    if (p->conns[i] && PQstatus(p->conns[i]) == CONNECTION_OK)
+        return 0;
+    if (p->conns[i])
+        PQreset(p->conns[i]);
+    else
+        p->conns[i] = PQconnectdb(p->conninfo);
+    if (PQstatus(p->conns[i]) != CONNECTION_OK)
+        return -1;
+    PQsetNoticeProcessor(p->conns[i], quiet, NULL);
+    return 0;
+}
+
+static int retryable(const th__pg_tx *tx)
+{
+    return PQstatus(tx->c) != CONNECTION_OK || strcmp(tx->sqlstate, "40001") == 0 ||
+           strcmp(tx->sqlstate, "40P01") == 0 || strcmp(tx->sqlstate, "23505") == 0 ||
+           strncmp(tx->sqlstate, "08", 2) == 0 || strcmp(tx->sqlstate, "57P01") == 0;
+}
+
+static void add_delta(th__pg *p, const th__pg_delta *d, int64_t now)
+{
+    pthread_mutex_lock(&p->smu);
+    p->st.submitted_total += d->submitted;
+    p->st.completed_total += d->completed;
+    p->st.failed_attempts_total += d->failed_attempts;
+    p->st.retries_total += d->retries;
+    p->st.run_ms_sum += d->run_ms_sum;
+    p->st.run_n += d->run_n;
+    p->st.wait_ms_sum += d->wait_ms_sum;
+    p->st.wait_n += d->wait_n;
+    if (d->completed) {
+        int64_t sec = now / 1000;
+        size_t b = (size_t)(sec % TH_PG_TP_BUCKETS);
+        if (p->tp_sec[b] != sec) {
+            p->tp_sec[b] = sec;
+            p->tp_n[b] = 0;
+        }
+        p->tp_n[b] += d->completed;
+    }
+    pthread_mutex_unlock(&p->smu);
+}
+
+/* Hands what a committed transaction noted to the caller's buffer, numbering
+ * the events now that they describe a change that happened. */
+static void publish_pending(th__pg_tx *tx, th__evbuf *ev)
+{
+    if (!ev)
+        return;
+    for (size_t i = 0; i < tx->pend.n; i++) {
+        const th__ev *e = &tx->pend.v[i];
+        th__evbuf_add(ev, e->type, e->id, e->queue, e->state, e->attempt, e->progress, e->message,
+                      e->time_ms);
+    }
+    for (size_t i = 0; i < tx->pend.nready; i++)
+        th__evbuf_ready(ev, tx->pend.ready[i]);
+    if (tx->pend.ready_all)
+        ev->ready_all = 1;
+    th__evbuf_deadline(ev, tx->pend.deadline);
+}
+
+/* Tells other nodes which queues gained ready tasks; delivered at COMMIT. */
+static void notify_ready(th__pg_tx *tx)
+{
+    if (tx->pend.ready_all) {
+        th__pg_params pr = {.n = 0};
+        th__pg_p_str(&pr, "");
+        th__pg_cmd(tx, "SELECT pg_notify('" TH_PG_CHANNEL "', $1)", &pr);
+        return;
+    }
+    for (size_t i = 0; i < tx->pend.nready; i++) {
+        size_t k = 0;
+        while (k < i && tx->pend.ready[k] != tx->pend.ready[i])
+            k++;
+        if (k < i)
+            continue; /* already told */
+        th__pg_params pr = {.n = 0};
+        th__pg_p_str(&pr, tx->pend.ready[i]);
+        th__pg_cmd(tx, "SELECT pg_notify('" TH_PG_CHANNEL "', $1)", &pr);
+    }
+}
+
+int th__pg_run(th__pg *p, int txn, th__pg_body body, void *arg, int64_t now, th__evbuf *ev,
+               th_error *err)
+{
+    int slot = take_conn(p);
+    int rc = TH_EIO;
+    th__pg_tx tx;
+    memset(&tx, 0, sizeof tx);
+    tx.p = p;
+    tx.now = now;
+    th__evbuf_init(&tx.pend, ev ? ev->record : 0, &tx.pend_seq);
+    for (int attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+        th__evbuf_reset(&tx.pend);
+        memset(&tx.d, 0, sizeof tx.d);
+        tx.dberr = tx.abort = 0;
+        tx.sqlstate[0] = '\0';
+        if (ensure_conn(p, slot) != 0) {
+            snprintf(tx.errmsg, sizeof tx.errmsg, "%s", PQerrorMessage(p->conns[slot]));
+            rc = th__err(err, TH_EIO, "store", "postgres: cannot connect: %s", tx.errmsg);
+            if (attempt + 1 < MAX_ATTEMPTS)
+                usleep(100000u << attempt);
+            continue;
+        }
+        tx.c = p->conns[slot];
+        if (txn)
+            th__pg_cmd(&tx, "BEGIN", NULL);
+        rc = body(&tx, arg);
+        if (txn && tx.abort && !tx.dberr) {
+            PGresult *r = PQexec(tx.c, "ROLLBACK");
+            PQclear(r);
+            break;
+        }
+        if (txn && !tx.dberr)
+            notify_ready(&tx);
+        if (tx.dberr) {
+            if (txn && PQstatus(tx.c) == CONNECTION_OK) {
+                PGresult *r = PQexec(tx.c, "ROLLBACK");
+                PQclear(r);
+            }
+            rc = th__err(err, TH_EIO, "store", "postgres: %s", tx.errmsg);
+            if (retryable(&tx))
+                continue;
+            break;
+        }
+        if (txn) {
+            PGresult *r = PQexec(tx.c, "COMMIT");
+            int ok = r && PQresultStatus(r) == PGRES_COMMAND_OK;
+            if (!ok) {
+                const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+                snprintf(tx.errmsg, sizeof tx.errmsg, "%s", PQerrorMessage(tx.c));
+                snprintf(tx.sqlstate, sizeof tx.sqlstate, "%s", state ? state : "");
+            }
+            PQclear(r);
+            if (!ok) {
+                /* A refused commit (serialization) changed nothing and may
+                 * run again; a lost answer may have committed: report it. */
+                int lost = PQstatus(tx.c) != CONNECTION_OK;
+                rc = th__err(err, TH_EIO, "store", "postgres: commit %s: %s",
+                             lost ? "outcome unknown" : "failed", tx.errmsg);
+                if (!lost && retryable(&tx))
+                    continue;
+                break;
+            }
+        }
+        add_delta(p, &tx.d, now);
+        publish_pending(&tx, ev);
+        break;
+    }
+    th__evbuf_free(&tx.pend);
+    give_conn(p, slot);
+    return rc;
+}
+
+/* ---- schema ---------------------------------------------------------------- */
+
+/* Migration k brings the schema from version k to k + 1. States are stored as
+ * th_task_state numbers: 0 pending, 1 scheduled, 2 blocked, 3 running, 4.. final. */
+static const char *const migrations[] = {
+    /* 0 -> 1: tasks, payloads inline, dependencies, logs, queues. */
+    "CREATE TABLE th_queues (name text PRIMARY KEY, paused boolean NOT NULL DEFAULT false);"
+    "CREATE SEQUENCE th_task_seq;"
+    "CREATE TABLE th_tasks ("
+    " id text PRIMARY KEY, seq bigint NOT NULL DEFAULT nextval('th_task_seq'),"
+    " queue text NOT NULL, state smallint NOT NULL, priority int NOT NULL,"
+    " payload text NOT NULL, metadata text, unique_key text UNIQUE, deps text,"
+    " timeout_ms bigint NOT NULL, max_retries int NOT NULL, retry_initial_ms bigint NOT NULL,"
+    " retry_max_ms bigint NOT NULL, retry_multiplier float8 NOT NULL,"
+    " retry_jitter float8 NOT NULL, created_at bigint NOT NULL, run_at bigint NOT NULL,"
+    " expires_at bigint NOT NULL, attempt int NOT NULL, started_at bigint NOT NULL,"
+    " finished_at bigint NOT NULL, lease bigint NOT NULL, lease_ms bigint NOT NULL,"
+    " lease_expires_at bigint NOT NULL, timeout_at bigint NOT NULL, worker text,"
+    " cancel_requested int NOT NULL, progress int NOT NULL, step int NOT NULL,"
+    " total_steps int NOT NULL, progress_message text, error text, result text,"
+    " ready_at bigint NOT NULL, log_seq bigint NOT NULL DEFAULT 0,"
+    " nlogs bigint NOT NULL DEFAULT 0);"
+    "CREATE INDEX th_tasks_ready ON th_tasks (queue, priority DESC, seq) WHERE state = 0;"
+    "CREATE INDEX th_tasks_ready_any ON th_tasks (priority DESC, seq) WHERE state = 0;"
+    "CREATE INDEX th_tasks_delayed ON th_tasks (run_at) WHERE state = 1;"
+    "CREATE INDEX th_tasks_running ON th_tasks ((CASE WHEN timeout_at <> 0 AND timeout_at <"
+    " lease_expires_at THEN timeout_at ELSE lease_expires_at END)) WHERE state = 3;"
+    "CREATE INDEX th_tasks_expiry ON th_tasks (expires_at)"
+    " WHERE state IN (0, 1, 2) AND expires_at <> 0;"
+    "CREATE INDEX th_tasks_finished ON th_tasks (finished_at) WHERE state >= 4;"
+    "CREATE INDEX th_tasks_queue_state ON th_tasks (queue, state);"
+    "CREATE TABLE th_deps (dep_id text NOT NULL, task_id text NOT NULL"
+    " REFERENCES th_tasks (id) ON DELETE CASCADE, PRIMARY KEY (dep_id, task_id));"
+    "CREATE INDEX th_deps_task ON th_deps (task_id);"
+    "CREATE TABLE th_logs (task_id text NOT NULL REFERENCES th_tasks (id) ON DELETE CASCADE,"
+    " seq bigint NOT NULL, time_ms bigint NOT NULL, level int NOT NULL, attempt int NOT NULL,"
+    " message text NOT NULL, data text, PRIMARY KEY (task_id, seq));",
+};
+#define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
+
+typedef struct migrate_arg {
+    int from;
+    th_error *err;
+} migrate_arg;
+
+/* Brings the schema up to date under an advisory lock, so nodes starting
+ * together migrate once. Refuses a schema newer than this build. */
+static int migrate_body(th__pg_tx *tx, void *arg)
+{
+    migrate_arg *m = arg;
+    if (th__pg_cmd(tx, "SELECT pg_advisory_xact_lock(5409386)", NULL) ||
+        th__pg_cmd(tx, "CREATE TABLE IF NOT EXISTS th_schema_version (version int NOT NULL)", NULL))
+        return TH_EIO;
+    PGresult *r = th__pg_exec(tx, "SELECT max(version) FROM th_schema_version", NULL);
+    if (!r)
+        return TH_EIO;
+    int ver = (int)th__pg_i64(r, 0, 0);
+    PQclear(r);
+    m->from = ver;
+    if (ver > SCHEMA_VERSION) {
+        th__err(m->err, TH_EVERSION, "store",
+                "the database has taskhive schema version %d, newer than this build's %d; "
+                "upgrade taskhive",
+                ver, SCHEMA_VERSION);
+        tx->dberr = 0;
+        return TH_EVERSION;
+    }
+    for (int v = ver; v < SCHEMA_VERSION; v++) {
+        th__pg_params pr = {.n = 0};
+        th__pg_p_i64(&pr, v + 1);
+        if (th__pg_cmd(tx, migrations[v], NULL) ||
+            th__pg_cmd(tx, "DELETE FROM th_schema_version", NULL) ||
+            th__pg_cmd(tx, "INSERT INTO th_schema_version (version) VALUES ($1)", &pr))
+            return TH_EIO;
+    }
+    return 0;
+}
+
+/* ---- wake-ups from other nodes --------------------------------------------- */
+
+static void *notifier_main(void *arg)
+{
+    th__pg *p = arg;
+    PGconn *c = NULL;
+    while (!atomic_load(&p->stopping)) {
+        if (!c || PQstatus(c) != CONNECTION_OK) {
+            PQfinish(c);
+            c = PQconnectdb(p->conninfo);
+            PGresult *r = PQstatus(c) == CONNECTION_OK ? PQexec(c, "LISTEN " TH_PG_CHANNEL) : NULL;
+            int ok = r && PQresultStatus(r) == PGRES_COMMAND_OK;
+            PQclear(r);
+            if (!ok) {
+                /* The engine's fallback poll covers the gap. */
+                struct pollfd pf = {.fd = p->wake_fd[0], .events = POLLIN};
+                poll(&pf, 1, TH_PG_POLL_MS);
+                continue;
+            }
+            if (p->waker)
+                p->waker(p->waker_ud, NULL); /* what was missed while away */
+        }
+        struct pollfd pf[2] = {{.fd = PQsocket(c), .events = POLLIN},
+                               {.fd = p->wake_fd[0], .events = POLLIN}};
+        if (poll(pf, 2, TH_PG_POLL_MS) < 0 && errno != EINTR)
+            break;
+        if (pf[1].revents)
+            break;
+        if (!PQconsumeInput(c))
+            continue; /* reconnects above */
+        PGnotify *n;
+        while ((n = PQnotifies(c))) {
+            if (p->waker)
+                p->waker(p->waker_ud, n->extra && *n->extra ? n->extra : NULL);
+            PQfreemem(n);
+        }
+    }
+    PQfinish(c);
+    return NULL;
+}
+
+static void pg_set_waker(th_store *s, void (*fn)(void *ud, const char *queue), void *ud)
+{
+    th__pg *p = (th__pg *)s;
+    if (p->has_notifier)
+        return;
+    p->waker = fn;
+    p->waker_ud = ud;
+    if (pthread_create(&p->notifier, NULL, notifier_main, p) == 0)
+        p->has_notifier = 1;
+}
+
+/* ---- open and free ------------------------------------------------------------ */
+
+static void pg_free(th_store *s)
+{
+    th__pg *p = (th__pg *)s;
+    if (!p)
+        return;
+    if (p->has_notifier) {
+        atomic_store(&p->stopping, 1);
+        ssize_t w = write(p->wake_fd[1], "x", 1);
+        (void)w;
+        pthread_join(p->notifier, NULL);
+    }
+    if (p->wake_fd[0] >= 0)
+        close(p->wake_fd[0]);
+    if (p->wake_fd[1] >= 0)
+        close(p->wake_fd[1]);
+    for (int i = 0; i < TH_PG_POOL; i++)
+        PQfinish(p->conns[i]);
+    while (p->names) {
+        th__pg_name *n = p->names->next;
+        th__free(p->names);
+        p->names = n;
+    }
+    pthread_mutex_destroy(&p->pool_mu);
+    pthread_cond_destroy(&p->pool_cv);
+    pthread_mutex_destroy(&p->smu);
+    th__free(p->conninfo);
+    th__free(p);
+}
+
+th_store *th__pg_store_open(const char *uri, const th_store_options *opts, th_error *err)
+{
+    (void)opts; /* durability is the server's: synchronous_commit */
+    th__pg *p = th__calloc(1, sizeof *p);
+    if (!p) {
+        th__err(err, TH_ENOMEM, NULL, "out of memory");
+        return NULL;
+    }
+    p->ops = th__pg_ops;
+    p->ops.set_waker = pg_set_waker;
+    p->ops.free = pg_free;
+    p->base.ops = &p->ops;
+    p->wake_fd[0] = p->wake_fd[1] = -1;
+    pthread_mutex_init(&p->pool_mu, NULL);
+    pthread_cond_init(&p->pool_cv, NULL);
+    pthread_mutex_init(&p->smu, NULL);
+    th__rng_seed(&p->rng, 0);
+    th__ulid_init(&p->ids, 0);
+    for (int i = 0; i < TH_PG_POOL; i++)
+        p->idle[i] = 1;
+    if (!(p->conninfo = th__strdup(uri))) {
+        th__err(err, TH_ENOMEM, NULL, "out of memory");
+        goto fail;
+    }
+    if (pipe2(p->wake_fd, O_CLOEXEC) != 0) {
+        th__err(err, TH_EIO, "store", "cannot create a pipe: %s", strerror(errno));
+        goto fail;
+    }
+    /* The first connection tells a bad uri or an unreachable server apart
+     * from later losses, which are retried. */
+    if (ensure_conn(p, 0) != 0) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "%s", PQerrorMessage(p->conns[0]));
+        msg[strcspn(msg, "\n")] = '\0';
+        th__err(err, TH_EIO, "store", "postgres: cannot connect: %s", msg);
+        goto fail;
+    }
+    migrate_arg m = {.from = 0, .err = err};
+    int rc = th__pg_run(p, 1, migrate_body, &m, 0, NULL, err);
+    if (rc < 0)
+        goto fail;
+    return &p->base;
+fail:
+    pg_free(&p->base);
+    return NULL;
+}
