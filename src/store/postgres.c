@@ -378,6 +378,7 @@ static void *notifier_main(void *arg)
         if (!c || PQstatus(c) != CONNECTION_OK) {
             PQfinish(c);
             c = PQconnectdb(p->conninfo);
+            PQsetNoticeProcessor(c, quiet, NULL);
             PGresult *r = PQstatus(c) == CONNECTION_OK ? PQexec(c, "LISTEN " TH_PG_CHANNEL) : NULL;
             int ok = r && PQresultStatus(r) == PGRES_COMMAND_OK;
             PQclear(r);
