@@ -83,6 +83,11 @@ $(BUILD)/tests/%: tests/unit/%.c $(TEST_HOBJ) $(STATIC)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests/lib $(LDFLAGS) -o $@ $< $(TEST_HOBJ) $(STATIC) -lcmocka $(LDLIBS)
 
+# pg_bench starts its own PostgreSQL server with the tests' helper.
+$(BUILD)/bench/pg_bench: bench/pg_bench.c $(BUILD)/obj/tests/lib/pgserver.o $(STATIC)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests/lib $(LDFLAGS) -o $@ $< $(BUILD)/obj/tests/lib/pgserver.o $(STATIC) $(LDLIBS)
+
 $(BUILD)/bench/%: bench/%.c $(STATIC)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(STATIC) $(LDLIBS)

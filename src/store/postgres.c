@@ -48,14 +48,9 @@ void th__pg_p_dbl(th__pg_params *pr, double x)
     pr->n++;
 }
 
-PGresult *th__pg_exec(th__pg_tx *tx, const char *sql, const th__pg_params *pr)
+/* Passes a good result through; notes a failed one in tx and frees it. */
+static PGresult *checked(th__pg_tx *tx, PGresult *r)
 {
-    if (tx->dberr)
-        return NULL;
-    /* Without parameters the simple protocol runs, which allows several
-     * statements (migrations). */
-    PGresult *r =
-        pr ? PQexecParams(tx->c, sql, pr->n, NULL, pr->v, NULL, NULL, 0) : PQexec(tx->c, sql);
     ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
     if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
         return r;
@@ -67,11 +62,99 @@ PGresult *th__pg_exec(th__pg_tx *tx, const char *sql, const th__pg_params *pr)
     return NULL;
 }
 
+PGresult *th__pg_exec(th__pg_tx *tx, const char *sql, const th__pg_params *pr)
+{
+    if (tx->dberr)
+        return NULL;
+    /* Without parameters the simple protocol runs, which allows several
+     * statements (migrations). */
+    return checked(tx, pr ? PQexecParams(tx->c, sql, pr->n, NULL, pr->v, NULL, NULL, 0)
+                          : PQexec(tx->c, sql));
+}
+
 int th__pg_cmd(th__pg_tx *tx, const char *sql, const th__pg_params *pr)
 {
     PGresult *r = th__pg_exec(tx, sql, pr);
     PQclear(r);
     return r ? 0 : -1;
+}
+
+void th__pg_s_sql(th__pg_stmt *s, const char *text)
+{
+    size_t add = strlen(text);
+    if (s->oom)
+        return;
+    if (s->len + add + 1 > s->cap) {
+        size_t cap = s->cap ? s->cap : 256;
+        while (cap < s->len + add + 1)
+            cap *= 2;
+        char *n = th__realloc(s->sql, cap);
+        if (!n) {
+            s->oom = 1;
+            return;
+        }
+        s->sql = n;
+        s->cap = cap;
+    }
+    memcpy(s->sql + s->len, text, add + 1);
+    s->len += add;
+}
+
+void th__pg_s_str(th__pg_stmt *s, const char *value)
+{
+    if (s->oom)
+        return;
+    if (s->n == s->capv) {
+        int cap = s->capv ? s->capv * 2 : 32;
+        char **v = th__realloc(s->v, (size_t)cap * sizeof *v);
+        if (!v) {
+            s->oom = 1;
+            return;
+        }
+        s->v = v;
+        s->capv = cap;
+    }
+    if (value && !(s->v[s->n] = th__strdup(value))) {
+        s->oom = 1;
+        return;
+    }
+    if (!value)
+        s->v[s->n] = NULL;
+    s->n++;
+    char ph[16];
+    snprintf(ph, sizeof ph, "$%d", s->n);
+    th__pg_s_sql(s, ph);
+}
+
+void th__pg_s_i64(th__pg_stmt *s, int64_t value)
+{
+    char buf[24];
+    snprintf(buf, sizeof buf, "%" PRId64, value);
+    th__pg_s_str(s, buf);
+}
+
+void th__pg_s_dbl(th__pg_stmt *s, double value)
+{
+    char buf[32];
+    snprintf(buf, sizeof buf, "%.17g", value);
+    th__pg_s_str(s, buf);
+}
+
+PGresult *th__pg_s_exec(th__pg_tx *tx, th__pg_stmt *s)
+{
+    if (s->oom || !s->sql || tx->dberr)
+        return NULL;
+    return checked(
+        tx, PQexecParams(tx->c, s->sql, s->n, NULL, (const char *const *)s->v, NULL, NULL, 0));
+}
+
+void th__pg_s_free(th__pg_stmt *s)
+{
+    for (int i = 0; i < s->n; i++)
+        th__free(s->v[i]);
+    th__free(s->v);
+    th__free(s->sql);
+    memset(s, 0, sizeof *s);
 }
 
 int64_t th__pg_i64(const PGresult *r, int row, int col)

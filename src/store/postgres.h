@@ -114,6 +114,24 @@ PGresult *th__pg_exec(th__pg_tx *tx, const char *sql, const th__pg_params *pr);
 /* Like th__pg_exec for statements whose rows are not needed: 0 or -1. */
 int th__pg_cmd(th__pg_tx *tx, const char *sql, const th__pg_params *pr);
 
+/* A statement built piece by piece, for batches: SQL text and its
+ * parameters grow together (each value appends its "$k"). Free with
+ * th__pg_s_free; an allocation failure sets `oom` and th__pg_s_exec then
+ * returns NULL without touching the database. */
+typedef struct th__pg_stmt {
+    char *sql;
+    size_t len, cap;
+    char **v;
+    int n, capv;
+    int oom;
+} th__pg_stmt;
+void th__pg_s_sql(th__pg_stmt *s, const char *text);
+void th__pg_s_str(th__pg_stmt *s, const char *value);
+void th__pg_s_i64(th__pg_stmt *s, int64_t value);
+void th__pg_s_dbl(th__pg_stmt *s, double value);
+PGresult *th__pg_s_exec(th__pg_tx *tx, th__pg_stmt *s);
+void th__pg_s_free(th__pg_stmt *s);
+
 int64_t th__pg_i64(const PGresult *r, int row, int col);
 /* The value, or NULL for SQL NULL; owned by r. */
 const char *th__pg_str(const PGresult *r, int row, int col);

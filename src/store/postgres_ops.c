@@ -151,6 +151,32 @@ static th_task *row_take(prow *w)
     return &w->t;
 }
 
+/* A text[] literal of `n` strings, each quoted; NULL on OOM. */
+static char *text_array(const char *const *v, size_t n)
+{
+    size_t len = 3;
+    for (size_t i = 0; i < n; i++)
+        len += 2 * strlen(v[i]) + 3;
+    char *s = th__malloc(len), *o = s;
+    if (!s)
+        return NULL;
+    *o++ = '{';
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            *o++ = ',';
+        *o++ = '"';
+        for (const char *q = v[i]; *q; q++) {
+            if (*q == '"' || *q == '\\')
+                *o++ = '\\';
+            *o++ = *q;
+        }
+        *o++ = '"';
+    }
+    *o++ = '}';
+    *o = '\0';
+    return s;
+}
+
 /* Runs a SELECT COLS and collects its rows. Returns 0, TH_ENOMEM, or TH_EIO
  * (tx->dberr set). */
 static int select_rows(th__pg_tx *tx, const char *sql, const th__pg_params *pr, rows *out)
@@ -496,70 +522,108 @@ static int pg_configure(th_store *s, const th__store_config *cfg)
     return th__pg_run(p, 1, configure_body, &c, 0, NULL, NULL);
 }
 
+/* New task rows waiting to go to the database in one statement: a
+ * multi-row INSERT, with the queues they name created alongside. */
+typedef struct ins_batch {
+    th__pg_stmt s;
+    size_t rows;
+    const char *queues[16]; /* interned, distinct */
+    size_t nqueues;
+} ins_batch;
+
 typedef struct submit_arg {
     th__submit *items;
     size_t n;
     th_error *err;
+    ins_batch b;
 } submit_arg;
 
-static int insert_task(th__pg_tx *tx, const th__submit *it, const char *id,
-                       char (*deps)[TH_ID_SIZE], th_task_state first, const char *error)
+#define INS_COLS                                                                                   \
+    "id, queue, state, priority, payload, metadata, unique_key, deps, timeout_ms, max_retries,"    \
+    " retry_initial_ms, retry_max_ms, retry_multiplier, retry_jitter, created_at, run_at,"         \
+    " expires_at, finished_at, error, ready_at, attempt, started_at, lease, lease_ms,"             \
+    " lease_expires_at, timeout_at, cancel_requested, progress, step, total_steps"
+
+/* Sends the batch's rows; the batch is empty again after. */
+static int ins_flush(th__pg_tx *tx, ins_batch *b)
 {
-    const th_task_spec *sp = it->spec;
-    char *dl = NULL;
-    if (sp->ndeps) {
-        if (!(dl = th__malloc(sp->ndeps * TH_ID_LEN + 1)))
-            return TH_ENOMEM;
-        for (size_t k = 0; k < sp->ndeps; k++)
-            memcpy(dl + k * TH_ID_LEN, deps[k], TH_ID_LEN);
-        dl[sp->ndeps * TH_ID_LEN] = '\0';
+    if (!b->rows)
+        return 0;
+    th__pg_s_sql(&b->s, " RETURNING 1) INSERT INTO th_queues (name) VALUES ");
+    for (size_t i = 0; i < b->nqueues; i++) {
+        th__pg_s_sql(&b->s, i ? ", (" : "(");
+        th__pg_s_str(&b->s, b->queues[i]);
+        th__pg_s_sql(&b->s, ")");
     }
-    int64_t now = tx->now;
-    th__pg_params pr = {.n = 0};
-    th__pg_p_str(&pr, id);
-    th__pg_p_str(&pr, sp->queue);
-    th__pg_p_i64(&pr, first);
-    th__pg_p_i64(&pr, sp->priority);
-    th__pg_p_str(&pr, sp->payload ? sp->payload : "null");
-    th__pg_p_str(&pr, sp->metadata);
-    th__pg_p_str(&pr, sp->unique_key);
-    th__pg_p_str(&pr, dl);
-    th__pg_p_i64(&pr, sp->timeout_ms);
-    th__pg_p_i64(&pr, sp->retry.max_retries);
-    th__pg_p_i64(&pr, sp->retry.initial_delay_ms);
-    th__pg_p_i64(&pr, sp->retry.max_delay_ms);
-    th__pg_p_dbl(&pr, sp->retry.multiplier);
-    th__pg_p_dbl(&pr, sp->retry.jitter);
-    th__pg_p_i64(&pr, now);
-    th__pg_p_i64(&pr, it->run_at);
-    th__pg_p_i64(&pr, sp->expires_at_ms);
-    th__pg_p_i64(&pr, first == TH_TASK_CANCELLED ? now : 0);
-    th__pg_p_str(&pr, error);
-    th__pg_p_i64(&pr, first == TH_TASK_PENDING ? now : 0);
-    int rc = th__pg_cmd(tx,
-                        "INSERT INTO th_tasks (id, queue, state, priority, payload, metadata,"
-                        " unique_key, deps, timeout_ms, max_retries, retry_initial_ms,"
-                        " retry_max_ms, retry_multiplier, retry_jitter, created_at, run_at,"
-                        " expires_at, attempt, started_at, finished_at, lease, lease_ms,"
-                        " lease_expires_at, timeout_at, cancel_requested, progress, step,"
-                        " total_steps, error, ready_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8,"
-                        " $9, $10, $11, $12, $13, $14, $15, $16, $17, 0, 0, $18, 0, 0, 0, 0, 0,"
-                        " 0, 0, 0, $19, $20)",
-                        &pr)
-                 ? TH_EIO
-                 : 0;
-    for (size_t k = 0; k < sp->ndeps && !rc; k++) {
-        th__pg_params dp = {.n = 0};
-        th__pg_p_str(&dp, deps[k]);
-        th__pg_p_str(&dp, id);
-        if (th__pg_cmd(tx,
-                       "INSERT INTO th_deps (dep_id, task_id) VALUES ($1, $2)"
-                       " ON CONFLICT DO NOTHING",
-                       &dp))
-            rc = TH_EIO;
-    }
-    th__free(dl);
+    th__pg_s_sql(&b->s, " ON CONFLICT DO NOTHING");
+    PGresult *r = th__pg_s_exec(tx, &b->s);
+    int rc = r ? 0 : b->s.oom ? TH_ENOMEM : TH_EIO;
+    PQclear(r);
+    th__pg_s_free(&b->s);
+    b->rows = 0;
+    b->nqueues = 0;
     return rc;
+}
+
+/* One value of a VALUES row, and the comma after it. */
+static void col_str(th__pg_stmt *s, const char *v)
+{
+    th__pg_s_str(s, v);
+    th__pg_s_sql(s, ", ");
+}
+
+static void col_i64(th__pg_stmt *s, int64_t v, const char *type)
+{
+    th__pg_s_i64(s, v);
+    th__pg_s_sql(s, "::");
+    th__pg_s_sql(s, type);
+    th__pg_s_sql(s, ", ");
+}
+
+/* Adds one new task's row to the batch (flushing first when full). */
+static int ins_add(th__pg_tx *tx, ins_batch *b, const th__submit *it, const char *qname,
+                   const char *deps, th_task_state first, const char *error)
+{
+    size_t k = 0;
+    while (k < b->nqueues && b->queues[k] != qname)
+        k++;
+    if (k == b->nqueues && b->nqueues == sizeof b->queues / sizeof b->queues[0]) {
+        int rc = ins_flush(tx, b);
+        if (rc)
+            return rc;
+        k = 0;
+    }
+    if (k == b->nqueues)
+        b->queues[b->nqueues++] = qname;
+    const th_task_spec *sp = it->spec;
+    th__pg_stmt *s = &b->s;
+    th__pg_s_sql(s, b->rows++ ? ", (" : "WITH t AS (INSERT INTO th_tasks (" INS_COLS ") VALUES (");
+    col_str(s, it->id);
+    col_str(s, sp->queue);
+    col_i64(s, first, "smallint");
+    col_i64(s, sp->priority, "int");
+    col_str(s, sp->payload ? sp->payload : "null");
+    col_str(s, sp->metadata);
+    col_str(s, sp->unique_key);
+    col_str(s, deps);
+    col_i64(s, sp->timeout_ms, "bigint");
+    col_i64(s, sp->retry.max_retries, "int");
+    col_i64(s, sp->retry.initial_delay_ms, "bigint");
+    col_i64(s, sp->retry.max_delay_ms, "bigint");
+    th__pg_s_dbl(s, sp->retry.multiplier);
+    th__pg_s_sql(s, "::float8, ");
+    th__pg_s_dbl(s, sp->retry.jitter);
+    th__pg_s_sql(s, "::float8, ");
+    col_i64(s, tx->now, "bigint");
+    col_i64(s, it->run_at, "bigint");
+    col_i64(s, sp->expires_at_ms, "bigint");
+    col_i64(s, first == TH_TASK_CANCELLED ? tx->now : 0, "bigint");
+    col_str(s, error);
+    col_i64(s, first == TH_TASK_PENDING ? tx->now : 0, "bigint");
+    th__pg_s_sql(s, "0, 0, 0, 0, 0, 0, 0, 0, 0, 0)");
+    if (s->oom)
+        return TH_ENOMEM;
+    return b->rows >= 200 ? ins_flush(tx, b) : 0; /* bounds the statement */
 }
 
 static int queued_count(th__pg_tx *tx, int64_t *out)
@@ -572,18 +636,62 @@ static int queued_count(th__pg_tx *tx, int64_t *out)
     return 0;
 }
 
-/* One item of a submit: deduplicates, resolves dependencies (locking them so
- * a concurrent completion sees this task), inserts, notes events. */
+/* Resolves item i's dependencies, locking them (FOR SHARE) so a concurrent
+ * completion waits for this commit and then sees the new dependent. Fills
+ * deps (the ids as one string), *unmet, and the last failed one. */
+static int resolve_deps(th__pg_tx *tx, submit_arg *a, size_t i, char *deps, int *unmet,
+                        char failed_id[TH_ID_SIZE], th_task_state *failed_state)
+{
+    const th_task_spec *sp = a->items[i].spec;
+    char prefix[32] = "";
+    if (a->n > 1)
+        snprintf(prefix, sizeof prefix, "tasks[%zu].", i);
+    int rc = 0;
+    for (size_t k = 0; k < sp->ndeps && !rc; k++) {
+        char *d = deps + k * TH_ID_LEN;
+        char id[TH_ID_SIZE];
+        if (sp->deps[k][0] == '$') /* "$j": item j of this batch, checked by the engine */
+            memcpy(id, a->items[strtoul(sp->deps[k] + 1, NULL, 10)].id, TH_ID_SIZE);
+        else
+            snprintf(id, sizeof id, "%s", sp->deps[k]);
+        memcpy(d, id, TH_ID_LEN);
+        th__pg_params pr = {.n = 0};
+        th__pg_p_str(&pr, id);
+        PGresult *r = th__pg_exec(tx, "SELECT state FROM th_tasks WHERE id = $1 FOR SHARE", &pr);
+        if (!r)
+            return TH_EIO;
+        if (PQntuples(r) == 0) {
+            char field[64];
+            snprintf(field, sizeof field, "%sdeps[%zu]", prefix, k);
+            rc = th__err(a->err, TH_ENOTFOUND, field, "dependency %s does not exist", id);
+        } else {
+            th_task_state ds = (th_task_state)th__pg_i64(r, 0, 0);
+            if (is_failure(ds)) {
+                memcpy(failed_id, id, TH_ID_SIZE);
+                *failed_state = ds;
+            } else if (ds != TH_TASK_COMPLETED) {
+                (*unmet)++;
+            }
+        }
+        PQclear(r);
+    }
+    deps[sp->ndeps * TH_ID_LEN] = '\0';
+    return rc;
+}
+
+/* One item of a submit: deduplicates, resolves dependencies, adds the row to
+ * the batch, notes events. Items that look at the database (a unique key,
+ * dependencies) first flush the rows before them, so they see them. */
 static int submit_one(th__pg_tx *tx, submit_arg *a, size_t i)
 {
     th__submit *it = &a->items[i];
     const th_task_spec *sp = it->spec;
-    char prefix[32] = "";
-    if (a->n > 1)
-        snprintf(prefix, sizeof prefix, "tasks[%zu].", i);
+    int rc;
     it->deduplicated = 0;
-    th__pg_params pr = {.n = 0};
+    if ((sp->unique_key || sp->ndeps) && (rc = ins_flush(tx, &a->b)))
+        return rc;
     if (sp->unique_key) {
+        th__pg_params pr = {.n = 0};
         th__pg_p_str(&pr, sp->unique_key);
         PGresult *r = th__pg_exec(tx, "SELECT id FROM th_tasks WHERE unique_key = $1", &pr);
         if (!r)
@@ -597,51 +705,17 @@ static int submit_one(th__pg_tx *tx, submit_arg *a, size_t i)
         if (found)
             return 0;
     }
-    pr.n = 0;
-    th__pg_p_str(&pr, sp->queue);
-    if (th__pg_cmd(tx, "INSERT INTO th_queues (name) VALUES ($1) ON CONFLICT DO NOTHING", &pr))
-        return TH_EIO;
     const char *qname = th__pg_intern(tx->p, sp->queue);
-    char(*deps)[TH_ID_SIZE] = sp->ndeps ? th__malloc(sp->ndeps * TH_ID_SIZE) : NULL;
+    char *deps = sp->ndeps ? th__malloc(sp->ndeps * TH_ID_LEN + 1) : NULL;
     if (!qname || (sp->ndeps && !deps))
         return th__err(a->err, TH_ENOMEM, NULL, "out of memory");
     pthread_mutex_lock(&tx->p->smu);
     th__ulid_next(&tx->p->ids, tx->now, it->id);
     pthread_mutex_unlock(&tx->p->smu);
-    int rc = 0, unmet = 0;
+    int unmet = 0;
     char failed_id[TH_ID_SIZE] = "";
     th_task_state failed_state = TH_TASK_FAILED;
-    for (size_t k = 0; k < sp->ndeps && !rc; k++) {
-        if (sp->deps[k][0] == '$') /* "$j": item j of this batch, checked by the engine */
-            memcpy(deps[k], a->items[strtoul(sp->deps[k] + 1, NULL, 10)].id, TH_ID_SIZE);
-        else
-            snprintf(deps[k], TH_ID_SIZE, "%s", sp->deps[k]);
-        pr.n = 0;
-        th__pg_p_str(&pr, deps[k]);
-        PGresult *r = th__pg_exec(tx, "SELECT state FROM th_tasks WHERE id = $1 FOR SHARE", &pr);
-        if (!r) {
-            rc = TH_EIO;
-            break;
-        }
-        if (PQntuples(r) == 0) {
-            char field[64];
-            snprintf(field, sizeof field, "%sdeps[%zu]", prefix, k);
-            rc = th__err(a->err, TH_ENOTFOUND, field, "dependency %s does not exist", deps[k]);
-        } else {
-            th_task_state ds = (th_task_state)th__pg_i64(r, 0, 0);
-            if (is_failure(ds)) {
-                memcpy(failed_id, deps[k], TH_ID_SIZE);
-                failed_state = ds;
-            } else if (ds != TH_TASK_COMPLETED) {
-                unmet++;
-            }
-        }
-        PQclear(r);
-    }
-    if (rc) {
-        th__free(deps);
-        return rc;
-    }
+    rc = deps ? resolve_deps(tx, a, i, deps, &unmet, failed_id, &failed_state) : 0;
     th_task_state first = failed_id[0]           ? TH_TASK_CANCELLED
                           : unmet                ? TH_TASK_BLOCKED
                           : it->run_at > tx->now ? TH_TASK_SCHEDULED
@@ -650,7 +724,25 @@ static int submit_one(th__pg_tx *tx, submit_arg *a, size_t i)
     if (failed_id[0])
         snprintf(msg, sizeof msg, "dependency %s ended %s", failed_id,
                  th_task_state_name(failed_state));
-    rc = insert_task(tx, it, it->id, deps, first, failed_id[0] ? msg : NULL);
+    if (!rc)
+        rc = ins_add(tx, &a->b, it, qname, deps, first, failed_id[0] ? msg : NULL);
+    if (!rc && deps) {
+        /* The dependency edges need the row. */
+        rc = ins_flush(tx, &a->b);
+        for (size_t k = 0; k < sp->ndeps && !rc; k++) {
+            char d[TH_ID_SIZE];
+            memcpy(d, deps + k * TH_ID_LEN, TH_ID_LEN);
+            d[TH_ID_LEN] = '\0';
+            th__pg_params dp = {.n = 0};
+            th__pg_p_str(&dp, d);
+            th__pg_p_str(&dp, it->id);
+            if (th__pg_cmd(tx,
+                           "INSERT INTO th_deps (dep_id, task_id) VALUES ($1, $2)"
+                           " ON CONFLICT DO NOTHING",
+                           &dp))
+                rc = TH_EIO;
+        }
+    }
     th__free(deps);
     if (rc)
         return rc;
@@ -678,20 +770,24 @@ static int submit_body(th__pg_tx *tx, void *arg)
             return th__err(a->err, TH_EBUSY, NULL, "queue full: %zu tasks waiting (limit %zu)",
                            (size_t)queued, max);
     }
-    for (size_t i = 0; i < a->n; i++) {
-        int rc = submit_one(tx, a, i);
-        if (rc) {
-            tx->abort = 1; /* the batch is all or nothing */
-            return rc;
-        }
-    }
-    return 0;
+    int rc = 0;
+    for (size_t i = 0; i < a->n && !rc; i++)
+        rc = submit_one(tx, a, i);
+    if (!rc)
+        rc = ins_flush(tx, &a->b);
+    th__pg_s_free(&a->b.s);
+    a->b.rows = a->b.nqueues = 0;
+    if (rc == TH_ENOMEM)
+        th__err(a->err, TH_ENOMEM, NULL, "out of memory");
+    if (rc)
+        tx->abort = 1; /* the batch is all or nothing */
+    return rc;
 }
 
 static int pg_submit(th_store *s, th__submit *items, size_t n, int64_t now, th__evbuf *ev,
                      th_error *err)
 {
-    submit_arg a = {items, n, err};
+    submit_arg a = {.items = items, .n = n, .err = err};
     return th__pg_run((th__pg *)s, 1, submit_body, &a, now, ev, err);
 }
 
@@ -702,6 +798,44 @@ typedef struct claim_arg {
     th_task **out;
     char *queues; /* a text[] literal, or NULL for every queue */
 } claim_arg;
+
+/* Sends one round of claims: every leased row in one UPDATE. */
+static int claim_flush(th__pg_tx *tx, th__pg_stmt *s, int nrow)
+{
+    if (!nrow)
+        return 0;
+    th__pg_s_sql(s, ") v (id, lease) WHERE t.id = v.id");
+    PGresult *r = th__pg_s_exec(tx, s);
+    int rc = r ? 0 : s->oom ? TH_ENOMEM : TH_EIO;
+    PQclear(r);
+    th__pg_s_free(s);
+    return rc;
+}
+
+static void claim_row(th__pg_tx *tx, const th__claim *cl, th__pg_stmt *s, int nrow, const prow *w)
+{
+    if (nrow == 0) {
+        th__pg_s_sql(s, "UPDATE th_tasks t SET state = 3, attempt = t.attempt + 1,"
+                        " lease = v.lease, lease_ms = ");
+        th__pg_s_i64(s, cl->lease_ms);
+        th__pg_s_sql(s, "::bigint, lease_expires_at = ");
+        th__pg_s_i64(s, tx->now + cl->lease_ms);
+        th__pg_s_sql(s, "::bigint, timeout_at = CASE WHEN t.timeout_ms <> 0 THEN t.timeout_ms + ");
+        th__pg_s_i64(s, tx->now);
+        th__pg_s_sql(s, "::bigint ELSE 0 END, started_at = ");
+        th__pg_s_i64(s, tx->now);
+        th__pg_s_sql(s, "::bigint, progress = 0, step = 0, total_steps = 0,"
+                        " progress_message = NULL, worker = ");
+        th__pg_s_str(s, cl->worker);
+        th__pg_s_sql(s, " FROM (VALUES (");
+    } else {
+        th__pg_s_sql(s, ", (");
+    }
+    th__pg_s_str(s, w->t.id);
+    th__pg_s_sql(s, ", ");
+    th__pg_s_i64(s, (int64_t)w->t.lease);
+    th__pg_s_sql(s, "::bigint)");
+}
 
 static int claim_body(th__pg_tx *tx, void *arg)
 {
@@ -722,6 +856,8 @@ static int claim_body(th__pg_tx *tx, void *arg)
         if (rc)
             break;
         size_t nrows = rs.n, expired = 0;
+        th__pg_stmt up = {0};
+        int nup = 0;
         for (size_t i = 0; i < rs.n && !rc; i++) {
             prow *w = rs.v[i];
             if (w->t.expires_at && w->t.expires_at <= tx->now) {
@@ -747,18 +883,15 @@ static int claim_body(th__pg_tx *tx, void *arg)
                 break;
             }
             place(tx, w, TH_TASK_RUNNING);
-            if ((rc = store_row(tx, w)))
-                break;
+            claim_row(tx, cl, &up, nup++, w);
             emit(tx, TH_EV_ASSIGNED, w, w->t.worker);
             emit(tx, TH_EV_STARTED, w, NULL);
-            th_task *snap = row_take(w);
+            a->out[k++] = row_take(w);
             rs.v[i] = NULL;
-            if (!snap) {
-                rc = TH_ENOMEM;
-                break;
-            }
-            a->out[k++] = snap;
         }
+        if (!rc)
+            rc = claim_flush(tx, &up, nup);
+        th__pg_s_free(&up);
         rows_free(&rs);
         if (rc || expired == 0 || nrows == 0)
             break; /* with no expired row, fewer rows means the queues ran dry */
@@ -771,36 +904,10 @@ static int claim_body(th__pg_tx *tx, void *arg)
     return k;
 }
 
-/* A text[] literal of the queue names, quoting each one. */
-static char *queue_array(const th__claim *cl)
-{
-    size_t len = 3;
-    for (size_t i = 0; i < cl->nqueues; i++)
-        len += 2 * strlen(cl->queues[i]) + 3;
-    char *s = th__malloc(len), *o = s;
-    if (!s)
-        return NULL;
-    *o++ = '{';
-    for (size_t i = 0; i < cl->nqueues; i++) {
-        if (i)
-            *o++ = ',';
-        *o++ = '"';
-        for (const char *q = cl->queues[i]; *q; q++) {
-            if (*q == '"' || *q == '\\')
-                *o++ = '\\';
-            *o++ = *q;
-        }
-        *o++ = '"';
-    }
-    *o++ = '}';
-    *o = '\0';
-    return s;
-}
-
 static int pg_claim(th_store *s, const th__claim *c, int64_t now, th_task **out, th__evbuf *ev)
 {
     claim_arg a = {c, out, NULL};
-    if (c->nqueues && !(a.queues = queue_array(c)))
+    if (c->nqueues && !(a.queues = text_array(c->queues, c->nqueues)))
         return TH_ENOMEM;
     int rc = th__pg_run((th__pg *)s, 1, claim_body, &a, now, ev, NULL);
     th__free(a.queues);
@@ -952,24 +1059,106 @@ typedef struct complete_arg {
     size_t n;
 } complete_arg;
 
+/* Completions without dependents, sent as one UPDATE. */
+static int done_flush(th__pg_tx *tx, th__pg_stmt *s, int *nrow)
+{
+    if (!*nrow)
+        return 0;
+    th__pg_s_sql(s, ") v (id, result) WHERE t.id = v.id");
+    PGresult *r = th__pg_s_exec(tx, s);
+    int rc = r ? 0 : s->oom ? TH_ENOMEM : TH_EIO;
+    PQclear(r);
+    th__pg_s_free(s);
+    *nrow = 0;
+    return rc;
+}
+
+static void done_row(th__pg_tx *tx, th__pg_stmt *s, int *nrow, const prow *w)
+{
+    if ((*nrow)++ == 0) {
+        th__pg_s_sql(s, "UPDATE th_tasks t SET state = 4, result = v.result, error = NULL,"
+                        " lease = 0, lease_expires_at = 0, timeout_at = 0, progress = 100,"
+                        " finished_at = ");
+        th__pg_s_i64(s, tx->now);
+        th__pg_s_sql(s, "::bigint FROM (VALUES (");
+    } else {
+        th__pg_s_sql(s, ", (");
+    }
+    th__pg_s_str(s, w->t.id);
+    th__pg_s_sql(s, ", ");
+    th__pg_s_str(s, w->t.result);
+    th__pg_s_sql(s, ")");
+}
+
+/* Locks every row of the batch in one statement (in id order, so two
+ * batches cannot deadlock) and marks those some task depends on. */
+static int lock_batch(th__pg_tx *tx, const complete_arg *a, rows *rs, int **has_dependents)
+{
+    const char **ids = th__malloc((a->n ? a->n : 1) * sizeof *ids);
+    if (!ids)
+        return TH_ENOMEM;
+    for (size_t i = 0; i < a->n; i++)
+        ids[i] = a->items[i].id ? a->items[i].id : "";
+    char *arr = text_array(ids, a->n);
+    th__free(ids);
+    if (!arr)
+        return TH_ENOMEM;
+    th__pg_params pr = {.n = 0};
+    th__pg_p_str(&pr, arr);
+    int rc = select_rows(tx,
+                         "SELECT " COLS " FROM th_tasks WHERE id = ANY ($1::text[])"
+                         " ORDER BY id FOR UPDATE",
+                         &pr, rs);
+    PGresult *r = rc ? NULL
+                     : th__pg_exec(tx,
+                                   "SELECT DISTINCT dep_id FROM th_deps"
+                                   " WHERE dep_id = ANY ($1::text[])",
+                                   &pr);
+    th__free(arr);
+    if (!rc && !r)
+        rc = TH_EIO;
+    if (!rc && !(*has_dependents = th__calloc(rs->n ? rs->n : 1, sizeof **has_dependents)))
+        rc = TH_ENOMEM;
+    for (int i = 0; !rc && i < PQntuples(r); i++)
+        for (size_t k = 0; k < rs->n; k++)
+            if (strcmp(rs->v[k]->t.id, PQgetvalue(r, i, 0)) == 0)
+                (*has_dependents)[k] = 1;
+    PQclear(r);
+    if (rc)
+        rows_free(rs);
+    return rc;
+}
+
 static int complete_body(th__pg_tx *tx, void *arg)
 {
     complete_arg *a = arg;
-    int ok = 0;
-    for (size_t i = 0; i < a->n; i++) {
+    rows rs;
+    int *has_dependents = NULL;
+    int rc = lock_batch(tx, a, &rs, &has_dependents);
+    if (rc)
+        return rc;
+    th__pg_stmt up = {0};
+    int nup = 0, ok = 0;
+    for (size_t i = 0; i < a->n && !rc; i++) {
         th_completion *it = &a->items[i];
-        prow *w;
-        if ((it->rc = leased(tx, it->id, it->lease, &w)) != 0) {
-            if (tx->dberr)
-                return TH_EIO;
+        size_t k = 0;
+        while (k < rs.n && (!it->id || strcmp(rs.v[k]->t.id, it->id) != 0))
+            k++;
+        if (k == rs.n) {
+            it->rc = TH_ENOTFOUND;
+            continue;
+        }
+        prow *w = rs.v[k];
+        if (w->t.state != TH_TASK_RUNNING || w->t.lease != it->lease) {
+            it->rc = TH_ESTALE;
             continue;
         }
         set_str(&w->t.result, it->result ? it->result : "null");
         if (!w->t.result) {
             it->rc = TH_ENOMEM;
-            prow_free(w);
             continue;
         }
+        it->rc = 0;
         set_str(&w->t.error, NULL); /* a cancel asked for too late is moot */
         tx->d.run_ms_sum += (double)(tx->now - w->t.started_at);
         tx->d.run_n++;
@@ -977,18 +1166,26 @@ static int complete_body(th__pg_tx *tx, void *arg)
         w->t.finished_at = tx->now;
         w->t.progress = 100;
         place(tx, w, TH_TASK_COMPLETED);
-        int rc = store_row(tx, w);
-        if (!rc) {
+        tx->d.completed++;
+        ok++;
+        if (!has_dependents[k]) {
+            done_row(tx, &up, &nup, w);
             emit(tx, TH_EV_COMPLETED, w, NULL);
-            tx->d.completed++;
+            continue;
+        }
+        /* Releasing dependents reads their other dependencies' states:
+         * the rows before this one must be written first. */
+        if (!(rc = done_flush(tx, &up, &nup)) && !(rc = store_row(tx, w))) {
+            emit(tx, TH_EV_COMPLETED, w, NULL);
             rc = unblock(tx, w);
         }
-        prow_free(w);
-        if (rc)
-            return rc;
-        ok++;
     }
-    return ok;
+    if (!rc)
+        rc = done_flush(tx, &up, &nup);
+    th__pg_s_free(&up);
+    th__free(has_dependents);
+    rows_free(&rs);
+    return rc ? rc : ok;
 }
 
 static int pg_complete(th_store *s, th_completion *items, size_t n, int64_t now, th__evbuf *ev)

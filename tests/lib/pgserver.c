@@ -1,5 +1,6 @@
 /*
- * The tests' private PostgreSQL server; see pgserver.h.
+ * The tests' and benchmarks' private PostgreSQL server; see pgserver.h. No
+ * cmocka here, so benchmarks link it too.
  */
 #include "pgserver.h"
 
@@ -15,8 +16,6 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-#include "thtest.h"
 
 static char g_base[512];
 static char g_dir[256];
@@ -87,6 +86,12 @@ static int find_bin(void)
     return 0;
 }
 
+static const char *failed(const char *what, const char *arg)
+{
+    fprintf(stderr, "pgserver: %s%s\n", what, arg);
+    return NULL;
+}
+
 static int start_server(void)
 {
     char pgctl[300], opts[512], log[300];
@@ -101,11 +106,11 @@ static int start_server(void)
 
 /* The watcher: a shell that waits for the pipe from this process to close,
  * then stops the server at once and removes its dir. */
-static void start_watcher(void)
+static int start_watcher(void)
 {
     int p[2];
     if (pipe(p) != 0)
-        fail_msg("pgserver: pipe failed");
+        return -1;
     char script[1024];
     snprintf(script, sizeof script,
              "cat >/dev/null; pid=$(head -n1 %s/postmaster.pid 2>/dev/null);"
@@ -114,8 +119,11 @@ static void start_watcher(void)
              " i=$((i+1)); done; fi; rm -rf %s",
              g_dir, g_dir);
     pid_t pid = fork();
-    if (pid < 0)
-        fail_msg("pgserver: fork failed");
+    if (pid < 0) {
+        close(p[0]);
+        close(p[1]);
+        return -1;
+    }
     if (pid == 0) {
         dup2(p[0], 0);
         close(p[0]);
@@ -128,6 +136,7 @@ static void start_watcher(void)
     fcntl(p[1], F_SETFD, FD_CLOEXEC);
     g_watch_fd = p[1];
     g_watcher = pid;
+    return 0;
 }
 
 static void stop_at_exit(void)
@@ -139,7 +148,7 @@ static void stop_at_exit(void)
     waitpid(g_watcher, NULL, 0);
 }
 
-const char *thtest_pg_base(void)
+const char *thpg_base(void)
 {
     if (g_base[0])
         return g_base;
@@ -149,35 +158,36 @@ const char *thtest_pg_base(void)
         return g_base;
     }
     if (find_bin() != 0)
-        fail_msg("pgserver: no /usr/lib/postgresql/*/bin/initdb; run scripts/install-deps.sh");
+        return failed("no /usr/lib/postgresql/*/bin/initdb; run scripts/install-deps.sh", "");
     snprintf(g_dir, sizeof g_dir, "/tmp/thpg.XXXXXX");
     if (!mkdtemp(g_dir))
-        fail_msg("pgserver: mkdtemp failed");
+        return failed("mkdtemp failed: ", g_dir);
     if (geteuid() == 0) {
         struct passwd *pw = getpwnam("nobody");
         if (!pw || chown(g_dir, pw->pw_uid, pw->pw_gid) != 0)
-            fail_msg("pgserver: cannot give %s to nobody", g_dir);
+            return failed("cannot chown to nobody: ", g_dir);
     }
-    start_watcher();
+    if (start_watcher() != 0)
+        return failed("cannot start the watcher of ", g_dir);
     atexit(stop_at_exit);
     char initdb[300];
     snprintf(initdb, sizeof initdb, "%s/initdb", g_bin);
     const char *argv[] = {initdb,  "-D", g_dir,  "-U",        "postgres", "-A",
                           "trust", "-E", "UTF8", "--no-sync", NULL};
     if (run(argv, 1) != 0)
-        fail_msg("pgserver: initdb -D %s failed", g_dir);
+        return failed("initdb failed in ", g_dir);
     for (int tries = 0;; tries++) {
         g_port = free_port();
         if (g_port > 0 && start_server() == 0)
             break;
         if (tries == 3)
-            fail_msg("pgserver: the server did not start; see %s/server.log", g_dir);
+            return failed("the server did not start; see server.log in ", g_dir);
     }
     snprintf(g_base, sizeof g_base, "postgresql://postgres@127.0.0.1:%d/postgres", g_port);
     return g_base;
 }
 
-int thtest_pg_exec(const char *uri, const char *sql)
+int thpg_exec(const char *uri, const char *sql)
 {
     PGconn *c = PQconnectdb(uri);
     int rc = -1;
@@ -193,23 +203,25 @@ int thtest_pg_exec(const char *uri, const char *sql)
     return rc;
 }
 
-char *thtest_pg_uri(void)
+char *thpg_new_schema(void)
 {
-    const char *base = thtest_pg_base();
+    const char *base = thpg_base();
+    if (!base)
+        return NULL;
     char schema[64], sql[128];
     snprintf(schema, sizeof schema, "th_%ld_%u", (long)getpid(), ++g_schemas);
     snprintf(sql, sizeof sql, "CREATE SCHEMA %s", schema);
-    if (thtest_pg_exec(base, sql) != 0)
-        fail_msg("pgserver: cannot create schema %s", schema);
+    if (thpg_exec(base, sql) != 0)
+        return NULL;
     size_t len = strlen(base) + strlen(schema) + 64;
     char *uri = malloc(len);
-    assert_non_null(uri);
-    snprintf(uri, len, "%s%soptions=-csearch_path%%3D%s", base, strchr(base, '?') ? "&" : "?",
-             schema);
+    if (uri)
+        snprintf(uri, len, "%s%soptions=-csearch_path%%3D%s", base, strchr(base, '?') ? "&" : "?",
+                 schema);
     return uri;
 }
 
-int thtest_pg_restart(void)
+int thpg_restart(void)
 {
     char pgctl[300];
     snprintf(pgctl, sizeof pgctl, "%s/pg_ctl", g_bin);

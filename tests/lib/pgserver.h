@@ -8,25 +8,27 @@
  * or a SIGKILL leaves no server behind. As root the server runs as the
  * unprivileged user "nobody" (initdb refuses root).
  *
- * $TH_TEST_PG_URI, when set, names an existing server to use instead.
+ * $TH_TEST_PG_URI, when set, names an existing server to use instead. The
+ * functions report failures on stderr and return NULL or -1; they never
+ * assert, so benchmarks use them too (tests: thtest_pg_uri).
  */
 #ifndef THTEST_PGSERVER_H
 #define THTEST_PGSERVER_H
 
-/* The base uri of the server (starting it on first call); fails the test
- * when it cannot start. Static; never NULL. */
-const char *thtest_pg_base(void);
+/* The base uri of the server (starting it on first call), or NULL when it
+ * cannot start (the reason on stderr). Static. */
+const char *thpg_base(void);
 
 /* A uri for a fresh, empty schema on the server: a store opened on it sees
- * no other test's tables. The caller frees it. */
-char *thtest_pg_uri(void);
+ * no other test's tables. NULL on failure. The caller frees it. */
+char *thpg_new_schema(void);
 
 /* Runs one SQL command on the database of `uri`; returns 0 or -1 (printing
  * the error). */
-int thtest_pg_exec(const char *uri, const char *sql);
+int thpg_exec(const char *uri, const char *sql);
 
 /* Restarts the server (same port and data): an immediate stop, which drops
  * every connection, then a start. Returns 0 or -1. */
-int thtest_pg_restart(void);
+int thpg_restart(void);
 
 #endif

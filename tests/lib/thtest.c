@@ -174,6 +174,14 @@ void thtest_remove_db(const char *path)
     }
 }
 
+char *thtest_pg_uri(void)
+{
+    char *uri = thpg_new_schema();
+    if (!uri)
+        fail_msg("no PostgreSQL schema for the test (see the pgserver lines above)");
+    return uri;
+}
+
 int thtest_run_all_stores(const char *name, const struct CMUnitTest *tests, size_t n)
 {
     static const char *const kinds[] = {"memory", "sqlite", "postgres"};

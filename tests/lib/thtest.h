@@ -59,6 +59,10 @@ const char *thtest_store_kind(void);
  * When `path_out` is not NULL it receives the file path (NULL for memory),
  * which the caller frees. The caller frees the uri. */
 char *thtest_store_uri(const char *kind, char **path_out);
+/* A uri for a fresh schema on the tests' private PostgreSQL server
+ * (pgserver.h), started on first use; fails the test when there is none.
+ * The caller frees it. */
+char *thtest_pg_uri(void);
 /* Removes a sqlite file and its -wal / -shm / -journal companions. */
 void thtest_remove_db(const char *path);
 

@@ -212,7 +212,7 @@ static void test_two_engines_share_tasks(void **state)
 
 static void restart_server(void)
 {
-    assert_int_equal(thtest_pg_restart(), 0);
+    assert_int_equal(thpg_restart(), 0);
 }
 
 static void test_server_restart_mid_run(void **state)
