@@ -100,6 +100,56 @@ void th__pg_s_sql(th__pg_stmt *s, const char *text)
     s->len += add;
 }
 
+void th__pg_s_elem(th__pg_stmt *s, const char *value)
+{
+    th__pg_s_sql(s, s->len ? "," : "{");
+    if (!value) {
+        th__pg_s_sql(s, "NULL");
+        return;
+    }
+    size_t need = 3;
+    for (const char *c = value; *c; c++)
+        need += (*c == '"' || *c == '\\') ? 2 : 1;
+    if (s->oom)
+        return;
+    if (s->len + need + 1 > s->cap) {
+        size_t cap = s->cap ? s->cap : 256;
+        while (cap < s->len + need + 1)
+            cap *= 2;
+        char *n = th__realloc(s->sql, cap);
+        if (!n) {
+            s->oom = 1;
+            return;
+        }
+        s->sql = n;
+        s->cap = cap;
+    }
+    char *o = s->sql + s->len;
+    *o++ = '"';
+    for (const char *c = value; *c; c++) {
+        if (*c == '"' || *c == '\\')
+            *o++ = '\\';
+        *o++ = *c;
+    }
+    *o++ = '"';
+    *o = '\0';
+    s->len = (size_t)(o - s->sql);
+}
+
+void th__pg_s_elem_i64(th__pg_stmt *s, int64_t value)
+{
+    char buf[24];
+    snprintf(buf, sizeof buf, "%" PRId64, value);
+    th__pg_s_sql(s, s->len ? "," : "{");
+    th__pg_s_sql(s, buf);
+}
+
+const char *th__pg_s_array(th__pg_stmt *s)
+{
+    th__pg_s_sql(s, s->len ? "}" : "{}");
+    return s->oom ? NULL : s->sql;
+}
+
 void th__pg_s_str(th__pg_stmt *s, const char *value)
 {
     if (s->oom)
@@ -229,6 +279,10 @@ static int ensure_conn(th__pg *p, int i)
     if (PQstatus(p->conns[i]) != CONNECTION_OK)
         return -1;
     PQsetNoticeProcessor(p->conns[i], quiet, NULL);
+    /* JIT compiles plans for tens of ms: a loss for statements that touch
+     * a few dozen rows by index. */
+    PGresult *r = PQexec(p->conns[i], "SET jit TO off");
+    PQclear(r);
     return 0;
 }
 
@@ -301,11 +355,11 @@ static void notify_ready(th__pg_tx *tx)
     }
 }
 
-int th__pg_run(th__pg *p, int txn, th__pg_body body, void *arg, int64_t now, th__evbuf *ev,
+int th__pg_run(th__pg *p, th__pg_mode mode, th__pg_body body, void *arg, int64_t now, th__evbuf *ev,
                th_error *err)
 {
     int slot = take_conn(p);
-    int rc = TH_EIO;
+    int rc = TH_EIO, txn = mode != TH_PG_READ;
     th__pg_tx tx;
     memset(&tx, 0, sizeof tx);
     tx.p = p;
@@ -324,7 +378,15 @@ int th__pg_run(th__pg *p, int txn, th__pg_body body, void *arg, int64_t now, th_
             continue;
         }
         tx.c = p->conns[slot];
-        if (txn)
+        /* The hot paths (claims, ticks) read a table that grows from empty
+         * faster than autovacuum analyzes it: without statistics the planner
+         * may scan and sort it whole instead of walking the ready index. */
+        if (mode == TH_PG_ASYNC)
+            th__pg_cmd(&tx,
+                       "BEGIN; SET LOCAL synchronous_commit TO off;"
+                       " SET LOCAL enable_seqscan TO off",
+                       NULL);
+        else if (txn)
             th__pg_cmd(&tx, "BEGIN", NULL);
         rc = body(&tx, arg);
         if (txn && tx.abort && !tx.dberr) {
@@ -384,7 +446,7 @@ static const char *const migrations[] = {
     "CREATE TABLE th_tasks ("
     " id text PRIMARY KEY, seq bigint NOT NULL DEFAULT nextval('th_task_seq'),"
     " queue text NOT NULL, state smallint NOT NULL, priority int NOT NULL,"
-    " payload text NOT NULL, metadata text, unique_key text UNIQUE, deps text,"
+    " payload text NOT NULL, metadata text, unique_key text, deps text,"
     " timeout_ms bigint NOT NULL, max_retries int NOT NULL, retry_initial_ms bigint NOT NULL,"
     " retry_max_ms bigint NOT NULL, retry_multiplier float8 NOT NULL,"
     " retry_jitter float8 NOT NULL, created_at bigint NOT NULL, run_at bigint NOT NULL,"
@@ -403,7 +465,7 @@ static const char *const migrations[] = {
     "CREATE INDEX th_tasks_expiry ON th_tasks (expires_at)"
     " WHERE state IN (0, 1, 2) AND expires_at <> 0;"
     "CREATE INDEX th_tasks_finished ON th_tasks (finished_at) WHERE state >= 4;"
-    "CREATE INDEX th_tasks_queue_state ON th_tasks (queue, state);"
+    "CREATE UNIQUE INDEX th_tasks_unique ON th_tasks (unique_key) WHERE unique_key IS NOT NULL;"
     "CREATE TABLE th_deps (dep_id text NOT NULL, task_id text NOT NULL"
     " REFERENCES th_tasks (id) ON DELETE CASCADE, PRIMARY KEY (dep_id, task_id));"
     "CREATE INDEX th_deps_task ON th_deps (task_id);"
@@ -573,7 +635,7 @@ th_store *th__pg_store_open(const char *uri, const th_store_options *opts, th_er
         goto fail;
     }
     migrate_arg m = {.from = 0, .err = err};
-    int rc = th__pg_run(p, 1, migrate_body, &m, 0, NULL, err);
+    int rc = th__pg_run(p, TH_PG_DURABLE, migrate_body, &m, 0, NULL, err);
     if (rc < 0)
         goto fail;
     return &p->base;

@@ -88,13 +88,23 @@ typedef struct th__pg_tx {
  * again on a fresh attempt. */
 typedef int (*th__pg_body)(th__pg_tx *tx, void *arg);
 
-/* Runs `body` in one transaction (or, with `txn` 0, on a connection without
- * BEGIN/COMMIT, for reads). Retries on a lost connection before COMMIT, a
+/* How th__pg_run wraps a body. */
+typedef enum th__pg_mode {
+    TH_PG_READ,    /* no transaction: one consistent statement, or reads */
+    TH_PG_DURABLE, /* a transaction whose COMMIT waits for the WAL flush */
+    /* A transaction committed without waiting for the flush
+     * (synchronous_commit off): for claim, heartbeat, progress, log and
+     * tick, whose loss in a server crash only means a task runs again, as
+     * store.h allows. A later durable commit flushes it too. */
+    TH_PG_ASYNC,
+} th__pg_mode;
+
+/* Runs `body` in one transaction as `mode` says. Retries on a lost connection before COMMIT, a
  * deadlock, a serialization failure or a unique-key race; a COMMIT whose
  * outcome is unknown is never retried. On success the events, readiness and
  * deadlines the body noted are added to `ev` (may be NULL). A database
  * failure returns TH_EIO with a message in `err` (may be NULL). */
-int th__pg_run(th__pg *p, int txn, th__pg_body body, void *arg, int64_t now, th__evbuf *ev,
+int th__pg_run(th__pg *p, th__pg_mode mode, th__pg_body body, void *arg, int64_t now, th__evbuf *ev,
                th_error *err);
 
 /* Parameter lists for PQexecParams: text values, NULL for SQL NULL. */
@@ -130,6 +140,12 @@ void th__pg_s_str(th__pg_stmt *s, const char *value);
 void th__pg_s_i64(th__pg_stmt *s, int64_t value);
 void th__pg_s_dbl(th__pg_stmt *s, double value);
 PGresult *th__pg_s_exec(th__pg_tx *tx, th__pg_stmt *s);
+/* The same builder used for an array literal's text (no parameters):
+ * elements are appended quoted (NULL for a NULL value) or as numbers;
+ * th__pg_s_array closes it and returns the text, or NULL on OOM. */
+void th__pg_s_elem(th__pg_stmt *s, const char *value);
+void th__pg_s_elem_i64(th__pg_stmt *s, int64_t value);
+const char *th__pg_s_array(th__pg_stmt *s);
 void th__pg_s_free(th__pg_stmt *s);
 
 int64_t th__pg_i64(const PGresult *r, int row, int col);

@@ -519,13 +519,39 @@ static int pg_configure(th_store *s, const th__store_config *cfg)
     th__rng_seed(&p->rng, cfg->seed);
     pthread_mutex_unlock(&p->smu);
     th__store_config c = *cfg;
-    return th__pg_run(p, 1, configure_body, &c, 0, NULL, NULL);
+    return th__pg_run(p, TH_PG_DURABLE, configure_body, &c, 0, NULL, NULL);
 }
 
-/* New task rows waiting to go to the database in one statement: a
- * multi-row INSERT, with the queues they name created alongside. */
+/* New task rows waiting to go to the database in one statement: one array
+ * per column, unnested into a multi-row INSERT, with the queues they name
+ * created alongside. One statement of fixed text whatever the batch size, so
+ * the server parses it cheaply. */
+enum {
+    C_ID,
+    C_QUEUE,
+    C_STATE,
+    C_PRIORITY,
+    C_PAYLOAD,
+    C_METADATA,
+    C_UNIQUE,
+    C_DEPS,
+    C_TIMEOUT,
+    C_RETRIES,
+    C_INITIAL,
+    C_MAXDELAY,
+    C_MULT,
+    C_JITTER,
+    C_RUN_AT,
+    C_EXPIRES,
+    C_FINISHED,
+    C_ERROR,
+    C_READY_AT,
+    C_QUEUES,
+    NCOL
+};
+
 typedef struct ins_batch {
-    th__pg_stmt s;
+    th__pg_stmt col[NCOL];
     size_t rows;
     const char *queues[16]; /* interned, distinct */
     size_t nqueues;
@@ -538,49 +564,52 @@ typedef struct submit_arg {
     ins_batch b;
 } submit_arg;
 
-#define INS_COLS                                                                                   \
-    "id, queue, state, priority, payload, metadata, unique_key, deps, timeout_ms, max_retries,"    \
-    " retry_initial_ms, retry_max_ms, retry_multiplier, retry_jitter, created_at, run_at,"         \
-    " expires_at, finished_at, error, ready_at, attempt, started_at, lease, lease_ms,"             \
-    " lease_expires_at, timeout_at, cancel_requested, progress, step, total_steps"
+static void ins_reset(ins_batch *b)
+{
+    for (int i = 0; i < NCOL; i++)
+        th__pg_s_free(&b->col[i]);
+    b->rows = 0;
+    b->nqueues = 0;
+}
 
 /* Sends the batch's rows; the batch is empty again after. */
 static int ins_flush(th__pg_tx *tx, ins_batch *b)
 {
     if (!b->rows)
         return 0;
-    th__pg_s_sql(&b->s, " RETURNING 1) INSERT INTO th_queues (name) VALUES ");
-    for (size_t i = 0; i < b->nqueues; i++) {
-        th__pg_s_sql(&b->s, i ? ", (" : "(");
-        th__pg_s_str(&b->s, b->queues[i]);
-        th__pg_s_sql(&b->s, ")");
+    for (size_t i = 0; i < b->nqueues; i++)
+        th__pg_s_elem(&b->col[C_QUEUES], b->queues[i]);
+    th__pg_params pr = {.n = 0};
+    int oom = 0;
+    for (int i = 0; i < NCOL; i++) {
+        const char *v = th__pg_s_array(&b->col[i]);
+        oom |= !v;
+        th__pg_p_str(&pr, v);
     }
-    th__pg_s_sql(&b->s, " ON CONFLICT DO NOTHING");
-    PGresult *r = th__pg_s_exec(tx, &b->s);
-    int rc = r ? 0 : b->s.oom ? TH_ENOMEM : TH_EIO;
-    PQclear(r);
-    th__pg_s_free(&b->s);
-    b->rows = 0;
-    b->nqueues = 0;
+    th__pg_p_i64(&pr, tx->now);
+    int rc = oom ? TH_ENOMEM : 0;
+    if (!rc &&
+        th__pg_cmd(tx,
+                   "WITH t AS (INSERT INTO th_tasks (id, queue, state, priority, payload, metadata,"
+                   " unique_key, deps, timeout_ms, max_retries, retry_initial_ms, retry_max_ms,"
+                   " retry_multiplier, retry_jitter, run_at, expires_at, finished_at, error,"
+                   " ready_at, created_at, attempt, started_at, lease, lease_ms,"
+                   " lease_expires_at, timeout_at, cancel_requested, progress, step, total_steps)"
+                   " SELECT u.*, $21::bigint, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 FROM unnest($1::text[],"
+                   " $2::text[], $3::smallint[], $4::int[], $5::text[], $6::text[], $7::text[],"
+                   " $8::text[], $9::bigint[], $10::int[], $11::bigint[], $12::bigint[],"
+                   " $13::float8[], $14::float8[], $15::bigint[], $16::bigint[], $17::bigint[],"
+                   " $18::text[], $19::bigint[]) AS u RETURNING 1)"
+                   " INSERT INTO th_queues (name) SELECT unnest($20::text[])"
+                   " ON CONFLICT DO NOTHING",
+                   &pr))
+        rc = TH_EIO;
+    ins_reset(b);
     return rc;
 }
 
-/* One value of a VALUES row, and the comma after it. */
-static void col_str(th__pg_stmt *s, const char *v)
-{
-    th__pg_s_str(s, v);
-    th__pg_s_sql(s, ", ");
-}
-
-static void col_i64(th__pg_stmt *s, int64_t v, const char *type)
-{
-    th__pg_s_i64(s, v);
-    th__pg_s_sql(s, "::");
-    th__pg_s_sql(s, type);
-    th__pg_s_sql(s, ", ");
-}
-
-/* Adds one new task's row to the batch (flushing first when full). */
+/* Adds one new task's row to the batch (flushing first when its queue list
+ * is full). */
 static int ins_add(th__pg_tx *tx, ins_batch *b, const th__submit *it, const char *qname,
                    const char *deps, th_task_state first, const char *error)
 {
@@ -596,34 +625,34 @@ static int ins_add(th__pg_tx *tx, ins_batch *b, const th__submit *it, const char
     if (k == b->nqueues)
         b->queues[b->nqueues++] = qname;
     const th_task_spec *sp = it->spec;
-    th__pg_stmt *s = &b->s;
-    th__pg_s_sql(s, b->rows++ ? ", (" : "WITH t AS (INSERT INTO th_tasks (" INS_COLS ") VALUES (");
-    col_str(s, it->id);
-    col_str(s, sp->queue);
-    col_i64(s, first, "smallint");
-    col_i64(s, sp->priority, "int");
-    col_str(s, sp->payload ? sp->payload : "null");
-    col_str(s, sp->metadata);
-    col_str(s, sp->unique_key);
-    col_str(s, deps);
-    col_i64(s, sp->timeout_ms, "bigint");
-    col_i64(s, sp->retry.max_retries, "int");
-    col_i64(s, sp->retry.initial_delay_ms, "bigint");
-    col_i64(s, sp->retry.max_delay_ms, "bigint");
-    th__pg_s_dbl(s, sp->retry.multiplier);
-    th__pg_s_sql(s, "::float8, ");
-    th__pg_s_dbl(s, sp->retry.jitter);
-    th__pg_s_sql(s, "::float8, ");
-    col_i64(s, tx->now, "bigint");
-    col_i64(s, it->run_at, "bigint");
-    col_i64(s, sp->expires_at_ms, "bigint");
-    col_i64(s, first == TH_TASK_CANCELLED ? tx->now : 0, "bigint");
-    col_str(s, error);
-    col_i64(s, first == TH_TASK_PENDING ? tx->now : 0, "bigint");
-    th__pg_s_sql(s, "0, 0, 0, 0, 0, 0, 0, 0, 0, 0)");
-    if (s->oom)
-        return TH_ENOMEM;
-    return b->rows >= 200 ? ins_flush(tx, b) : 0; /* bounds the statement */
+    th__pg_stmt *c = b->col;
+    char num[2][32];
+    snprintf(num[0], sizeof num[0], "%.17g", sp->retry.multiplier);
+    snprintf(num[1], sizeof num[1], "%.17g", sp->retry.jitter);
+    th__pg_s_elem(&c[C_ID], it->id);
+    th__pg_s_elem(&c[C_QUEUE], sp->queue);
+    th__pg_s_elem_i64(&c[C_STATE], first);
+    th__pg_s_elem_i64(&c[C_PRIORITY], sp->priority);
+    th__pg_s_elem(&c[C_PAYLOAD], sp->payload ? sp->payload : "null");
+    th__pg_s_elem(&c[C_METADATA], sp->metadata);
+    th__pg_s_elem(&c[C_UNIQUE], sp->unique_key);
+    th__pg_s_elem(&c[C_DEPS], deps);
+    th__pg_s_elem_i64(&c[C_TIMEOUT], sp->timeout_ms);
+    th__pg_s_elem_i64(&c[C_RETRIES], sp->retry.max_retries);
+    th__pg_s_elem_i64(&c[C_INITIAL], sp->retry.initial_delay_ms);
+    th__pg_s_elem_i64(&c[C_MAXDELAY], sp->retry.max_delay_ms);
+    th__pg_s_elem(&c[C_MULT], num[0]);
+    th__pg_s_elem(&c[C_JITTER], num[1]);
+    th__pg_s_elem_i64(&c[C_RUN_AT], it->run_at);
+    th__pg_s_elem_i64(&c[C_EXPIRES], sp->expires_at_ms);
+    th__pg_s_elem_i64(&c[C_FINISHED], first == TH_TASK_CANCELLED ? tx->now : 0);
+    th__pg_s_elem(&c[C_ERROR], error);
+    th__pg_s_elem_i64(&c[C_READY_AT], first == TH_TASK_PENDING ? tx->now : 0);
+    b->rows++;
+    for (int i = 0; i < NCOL; i++)
+        if (c[i].oom)
+            return TH_ENOMEM;
+    return b->rows >= 1000 ? ins_flush(tx, b) : 0; /* bounds the statement */
 }
 
 static int queued_count(th__pg_tx *tx, int64_t *out)
@@ -775,8 +804,7 @@ static int submit_body(th__pg_tx *tx, void *arg)
         rc = submit_one(tx, a, i);
     if (!rc)
         rc = ins_flush(tx, &a->b);
-    th__pg_s_free(&a->b.s);
-    a->b.rows = a->b.nqueues = 0;
+    ins_reset(&a->b);
     if (rc == TH_ENOMEM)
         th__err(a->err, TH_ENOMEM, NULL, "out of memory");
     if (rc)
@@ -788,7 +816,7 @@ static int pg_submit(th_store *s, th__submit *items, size_t n, int64_t now, th__
                      th_error *err)
 {
     submit_arg a = {.items = items, .n = n, .err = err};
-    return th__pg_run((th__pg *)s, 1, submit_body, &a, now, ev, err);
+    return th__pg_run((th__pg *)s, TH_PG_DURABLE, submit_body, &a, now, ev, err);
 }
 
 /* ---- claim and the worker's calls -------------------------------------------- */
@@ -799,42 +827,35 @@ typedef struct claim_arg {
     char *queues; /* a text[] literal, or NULL for every queue */
 } claim_arg;
 
-/* Sends one round of claims: every leased row in one UPDATE. */
-static int claim_flush(th__pg_tx *tx, th__pg_stmt *s, int nrow)
+/* Rows to update in one statement: their ids and one value each, sent as
+ * two arrays that the statement unnests. */
+typedef struct pairs {
+    th__pg_stmt ids, vals;
+    int n;
+} pairs;
+
+static void pairs_add(pairs *p, const char *id, const char *val)
 {
-    if (!nrow)
-        return 0;
-    th__pg_s_sql(s, ") v (id, lease) WHERE t.id = v.id");
-    PGresult *r = th__pg_s_exec(tx, s);
-    int rc = r ? 0 : s->oom ? TH_ENOMEM : TH_EIO;
-    PQclear(r);
-    th__pg_s_free(s);
-    return rc;
+    th__pg_s_elem(&p->ids, id);
+    th__pg_s_elem(&p->vals, val);
+    p->n++;
 }
 
-static void claim_row(th__pg_tx *tx, const th__claim *cl, th__pg_stmt *s, int nrow, const prow *w)
+/* Runs `sql` with $1 the ids and $2 the values, whose slots the caller
+ * left free in `pr` (it starts with .n = 2 and adds $3...), then empties
+ * the batch. */
+static int pairs_flush(th__pg_tx *tx, pairs *p, const char *sql, th__pg_params *pr)
 {
-    if (nrow == 0) {
-        th__pg_s_sql(s, "UPDATE th_tasks t SET state = 3, attempt = t.attempt + 1,"
-                        " lease = v.lease, lease_ms = ");
-        th__pg_s_i64(s, cl->lease_ms);
-        th__pg_s_sql(s, "::bigint, lease_expires_at = ");
-        th__pg_s_i64(s, tx->now + cl->lease_ms);
-        th__pg_s_sql(s, "::bigint, timeout_at = CASE WHEN t.timeout_ms <> 0 THEN t.timeout_ms + ");
-        th__pg_s_i64(s, tx->now);
-        th__pg_s_sql(s, "::bigint ELSE 0 END, started_at = ");
-        th__pg_s_i64(s, tx->now);
-        th__pg_s_sql(s, "::bigint, progress = 0, step = 0, total_steps = 0,"
-                        " progress_message = NULL, worker = ");
-        th__pg_s_str(s, cl->worker);
-        th__pg_s_sql(s, " FROM (VALUES (");
-    } else {
-        th__pg_s_sql(s, ", (");
+    int rc = 0;
+    if (p->n) {
+        pr->v[0] = th__pg_s_array(&p->ids);
+        pr->v[1] = th__pg_s_array(&p->vals);
+        rc = !pr->v[0] || !pr->v[1] ? TH_ENOMEM : th__pg_cmd(tx, sql, pr) ? TH_EIO : 0;
     }
-    th__pg_s_str(s, w->t.id);
-    th__pg_s_sql(s, ", ");
-    th__pg_s_i64(s, (int64_t)w->t.lease);
-    th__pg_s_sql(s, "::bigint)");
+    th__pg_s_free(&p->ids);
+    th__pg_s_free(&p->vals);
+    p->n = 0;
+    return rc;
 }
 
 static int claim_body(th__pg_tx *tx, void *arg)
@@ -856,8 +877,7 @@ static int claim_body(th__pg_tx *tx, void *arg)
         if (rc)
             break;
         size_t nrows = rs.n, expired = 0;
-        th__pg_stmt up = {0};
-        int nup = 0;
+        pairs up = {0};
         for (size_t i = 0; i < rs.n && !rc; i++) {
             prow *w = rs.v[i];
             if (w->t.expires_at && w->t.expires_at <= tx->now) {
@@ -883,15 +903,31 @@ static int claim_body(th__pg_tx *tx, void *arg)
                 break;
             }
             place(tx, w, TH_TASK_RUNNING);
-            claim_row(tx, cl, &up, nup++, w);
+            char lease[24];
+            snprintf(lease, sizeof lease, "%" PRIu64, w->t.lease);
+            pairs_add(&up, w->t.id, lease);
             emit(tx, TH_EV_ASSIGNED, w, w->t.worker);
             emit(tx, TH_EV_STARTED, w, NULL);
             a->out[k++] = row_take(w);
             rs.v[i] = NULL;
         }
+        th__pg_params more = {.n = 2};
+        th__pg_p_i64(&more, cl->lease_ms);
+        th__pg_p_i64(&more, tx->now);
+        th__pg_p_str(&more, cl->worker);
+        int frc = pairs_flush(tx, &up,
+                              "UPDATE th_tasks t SET state = 3, attempt = t.attempt + 1,"
+                              " lease = v.lease, lease_ms = $3::bigint,"
+                              " lease_expires_at = $3::bigint + $4::bigint,"
+                              " timeout_at = CASE WHEN t.timeout_ms <> 0 THEN"
+                              " t.timeout_ms + $4::bigint ELSE 0 END, started_at = $4::bigint,"
+                              " progress = 0, step = 0,"
+                              " total_steps = 0, progress_message = NULL, worker = $5"
+                              " FROM unnest($1::text[], $2::bigint[]) AS v (id, lease)"
+                              " WHERE t.id = v.id",
+                              &more);
         if (!rc)
-            rc = claim_flush(tx, &up, nup);
-        th__pg_s_free(&up);
+            rc = frc;
         rows_free(&rs);
         if (rc || expired == 0 || nrows == 0)
             break; /* with no expired row, fewer rows means the queues ran dry */
@@ -909,7 +945,7 @@ static int pg_claim(th_store *s, const th__claim *c, int64_t now, th_task **out,
     claim_arg a = {c, out, NULL};
     if (c->nqueues && !(a.queues = text_array(c->queues, c->nqueues)))
         return TH_ENOMEM;
-    int rc = th__pg_run((th__pg *)s, 1, claim_body, &a, now, ev, NULL);
+    int rc = th__pg_run((th__pg *)s, TH_PG_ASYNC, claim_body, &a, now, ev, NULL);
     th__free(a.queues);
     return rc;
 }
@@ -965,7 +1001,7 @@ static int pg_heartbeat(th_store *s, const char *id, uint64_t lease, int64_t ext
 {
     worker_arg a = {
         .id = id, .lease = lease, .extend_ms = extend_ms, .cancel_requested = cancel_requested};
-    return th__pg_run((th__pg *)s, 1, heartbeat_body, &a, now, ev, NULL);
+    return th__pg_run((th__pg *)s, TH_PG_ASYNC, heartbeat_body, &a, now, ev, NULL);
 }
 
 static int progress_body(th__pg_tx *tx, void *arg)
@@ -999,7 +1035,7 @@ static int pg_progress(th_store *s, const char *id, uint64_t lease, int percent,
                     .step = step,
                     .total = total,
                     .message = message};
-    return th__pg_run((th__pg *)s, 1, progress_body, &a, now, ev, NULL);
+    return th__pg_run((th__pg *)s, TH_PG_ASYNC, progress_body, &a, now, ev, NULL);
 }
 
 /* Appends a log row; when the task holds its limit, the oldest half goes, as
@@ -1051,7 +1087,7 @@ static int pg_log(th_store *s, const char *id, uint64_t lease, th_log_level leve
                   const char *message, const char *data, int64_t now)
 {
     worker_arg a = {.id = id, .lease = lease, .level = level, .message = message, .data = data};
-    return th__pg_run((th__pg *)s, 1, log_body, &a, now, NULL, NULL);
+    return th__pg_run((th__pg *)s, TH_PG_ASYNC, log_body, &a, now, NULL, NULL);
 }
 
 typedef struct complete_arg {
@@ -1059,35 +1095,17 @@ typedef struct complete_arg {
     size_t n;
 } complete_arg;
 
-/* Completions without dependents, sent as one UPDATE. */
-static int done_flush(th__pg_tx *tx, th__pg_stmt *s, int *nrow)
+/* Writes the completions gathered in `p`. */
+static int done_flush(th__pg_tx *tx, pairs *p)
 {
-    if (!*nrow)
-        return 0;
-    th__pg_s_sql(s, ") v (id, result) WHERE t.id = v.id");
-    PGresult *r = th__pg_s_exec(tx, s);
-    int rc = r ? 0 : s->oom ? TH_ENOMEM : TH_EIO;
-    PQclear(r);
-    th__pg_s_free(s);
-    *nrow = 0;
-    return rc;
-}
-
-static void done_row(th__pg_tx *tx, th__pg_stmt *s, int *nrow, const prow *w)
-{
-    if ((*nrow)++ == 0) {
-        th__pg_s_sql(s, "UPDATE th_tasks t SET state = 4, result = v.result, error = NULL,"
-                        " lease = 0, lease_expires_at = 0, timeout_at = 0, progress = 100,"
-                        " finished_at = ");
-        th__pg_s_i64(s, tx->now);
-        th__pg_s_sql(s, "::bigint FROM (VALUES (");
-    } else {
-        th__pg_s_sql(s, ", (");
-    }
-    th__pg_s_str(s, w->t.id);
-    th__pg_s_sql(s, ", ");
-    th__pg_s_str(s, w->t.result);
-    th__pg_s_sql(s, ")");
+    th__pg_params more = {.n = 2};
+    th__pg_p_i64(&more, tx->now);
+    return pairs_flush(tx, p,
+                       "UPDATE th_tasks t SET state = 4, result = v.result, error = NULL,"
+                       " lease = 0, lease_expires_at = 0, timeout_at = 0, progress = 100,"
+                       " finished_at = $3 FROM unnest($1::text[], $2::text[]) AS v (id, result)"
+                       " WHERE t.id = v.id",
+                       &more);
 }
 
 /* Locks every row of the batch in one statement (in id order, so two
@@ -1137,8 +1155,8 @@ static int complete_body(th__pg_tx *tx, void *arg)
     int rc = lock_batch(tx, a, &rs, &has_dependents);
     if (rc)
         return rc;
-    th__pg_stmt up = {0};
-    int nup = 0, ok = 0;
+    pairs up = {0};
+    int ok = 0;
     for (size_t i = 0; i < a->n && !rc; i++) {
         th_completion *it = &a->items[i];
         size_t k = 0;
@@ -1169,20 +1187,20 @@ static int complete_body(th__pg_tx *tx, void *arg)
         tx->d.completed++;
         ok++;
         if (!has_dependents[k]) {
-            done_row(tx, &up, &nup, w);
+            pairs_add(&up, w->t.id, w->t.result);
             emit(tx, TH_EV_COMPLETED, w, NULL);
             continue;
         }
         /* Releasing dependents reads their other dependencies' states:
          * the rows before this one must be written first. */
-        if (!(rc = done_flush(tx, &up, &nup)) && !(rc = store_row(tx, w))) {
+        if (!(rc = done_flush(tx, &up)) && !(rc = store_row(tx, w))) {
             emit(tx, TH_EV_COMPLETED, w, NULL);
             rc = unblock(tx, w);
         }
     }
+    int frc = done_flush(tx, &up);
     if (!rc)
-        rc = done_flush(tx, &up, &nup);
-    th__pg_s_free(&up);
+        rc = frc;
     th__free(has_dependents);
     rows_free(&rs);
     return rc ? rc : ok;
@@ -1191,7 +1209,7 @@ static int complete_body(th__pg_tx *tx, void *arg)
 static int pg_complete(th_store *s, th_completion *items, size_t n, int64_t now, th__evbuf *ev)
 {
     complete_arg a = {items, n};
-    return th__pg_run((th__pg *)s, 1, complete_body, &a, now, ev, NULL);
+    return th__pg_run((th__pg *)s, TH_PG_DURABLE, complete_body, &a, now, ev, NULL);
 }
 
 static int fail_body(th__pg_tx *tx, void *arg)
@@ -1213,7 +1231,7 @@ static int pg_fail(th_store *s, const char *id, uint64_t lease, const char *mess
                    int64_t now, th__evbuf *ev)
 {
     worker_arg a = {.id = id, .lease = lease, .message = message, .flags = flags};
-    return th__pg_run((th__pg *)s, 1, fail_body, &a, now, ev, NULL);
+    return th__pg_run((th__pg *)s, TH_PG_DURABLE, fail_body, &a, now, ev, NULL);
 }
 
 /* ---- management ------------------------------------------------------------------ */
@@ -1268,7 +1286,7 @@ static int cancel_body(th__pg_tx *tx, void *arg)
 static int pg_cancel(th_store *s, const char *id, const char *reason, int64_t now, th__evbuf *ev)
 {
     mgmt_arg a = {.id = id, .reason = reason};
-    return th__pg_run((th__pg *)s, 1, cancel_body, &a, now, ev, NULL);
+    return th__pg_run((th__pg *)s, TH_PG_DURABLE, cancel_body, &a, now, ev, NULL);
 }
 
 static int retry_body(th__pg_tx *tx, void *arg)
@@ -1338,7 +1356,7 @@ out:
 static int pg_retry(th_store *s, const char *id, int64_t now, th__evbuf *ev, th_error *err)
 {
     mgmt_arg a = {.id = id, .err = err};
-    return th__pg_run((th__pg *)s, 1, retry_body, &a, now, ev, err);
+    return th__pg_run((th__pg *)s, TH_PG_DURABLE, retry_body, &a, now, ev, err);
 }
 
 static int queue_pause_body(th__pg_tx *tx, void *arg)
@@ -1367,7 +1385,7 @@ static int queue_pause_body(th__pg_tx *tx, void *arg)
 static int pg_queue_pause(th_store *s, const char *queue, int paused, th__evbuf *ev)
 {
     mgmt_arg a = {.id = queue, .paused = paused};
-    return th__pg_run((th__pg *)s, 1, queue_pause_body, &a, 0, ev, NULL);
+    return th__pg_run((th__pg *)s, TH_PG_DURABLE, queue_pause_body, &a, 0, ev, NULL);
 }
 
 static int queue_purge_body(th__pg_tx *tx, void *arg)
@@ -1403,7 +1421,7 @@ static int pg_queue_purge(th_store *s, const char *queue, const char *reason, in
                           th__evbuf *ev)
 {
     mgmt_arg a = {.id = queue, .reason = reason};
-    return th__pg_run((th__pg *)s, 1, queue_purge_body, &a, now, ev, NULL);
+    return th__pg_run((th__pg *)s, TH_PG_DURABLE, queue_purge_body, &a, now, ev, NULL);
 }
 
 static int prune_body(th__pg_tx *tx, void *arg)
@@ -1425,7 +1443,7 @@ static int prune_body(th__pg_tx *tx, void *arg)
 static int pg_prune(th_store *s, int64_t finished_before, int64_t now)
 {
     mgmt_arg a = {.before = finished_before};
-    return th__pg_run((th__pg *)s, 1, prune_body, &a, now, NULL, NULL);
+    return th__pg_run((th__pg *)s, TH_PG_DURABLE, prune_body, &a, now, NULL, NULL);
 }
 
 /* ---- tick: deadlines, safe when every node runs it ------------------------------ */
@@ -1519,7 +1537,7 @@ static int tick_body(th__pg_tx *tx, void *arg)
 static int pg_tick(th_store *s, int64_t now, int64_t *next, th__evbuf *ev)
 {
     tick_arg a = {INT64_MAX};
-    int rc = th__pg_run((th__pg *)s, 1, tick_body, &a, now, ev, NULL);
+    int rc = th__pg_run((th__pg *)s, TH_PG_ASYNC, tick_body, &a, now, ev, NULL);
     /* After a failure, look again soon rather than never. */
     *next = rc < 0 ? now + TH_PG_POLL_MS : a.next;
     return rc;
@@ -1553,7 +1571,7 @@ static int get_body(th__pg_tx *tx, void *arg)
 static int pg_get(th_store *s, const char *id, th_task **out)
 {
     read_arg a = {.id = id, .task = out};
-    return th__pg_run((th__pg *)s, 0, get_body, &a, 0, NULL, NULL);
+    return th__pg_run((th__pg *)s, TH_PG_READ, get_body, &a, 0, NULL, NULL);
 }
 
 static int list_body(th__pg_tx *tx, void *arg)
@@ -1596,7 +1614,7 @@ static int list_body(th__pg_tx *tx, void *arg)
 static int pg_list(th_store *s, const th_list_filter *f, th_task ***out, size_t *n)
 {
     read_arg a = {.f = f, .tasks = out, .n = n};
-    return th__pg_run((th__pg *)s, 0, list_body, &a, 0, NULL, NULL);
+    return th__pg_run((th__pg *)s, TH_PG_READ, list_body, &a, 0, NULL, NULL);
 }
 
 static int logs_body(th__pg_tx *tx, void *arg)
@@ -1650,7 +1668,7 @@ static int pg_logs(th_store *s, const char *id, int64_t after_seq, size_t limit,
                    size_t *n)
 {
     read_arg a = {.id = id, .after = after_seq, .limit = limit, .logs = out, .n = n};
-    return th__pg_run((th__pg *)s, 0, logs_body, &a, 0, NULL, NULL);
+    return th__pg_run((th__pg *)s, TH_PG_READ, logs_body, &a, 0, NULL, NULL);
 }
 
 static int counts_body(th__pg_tx *tx, void *arg)
@@ -1692,7 +1710,7 @@ static int counts_body(th__pg_tx *tx, void *arg)
 static int pg_counts(th_store *s, th_queue_counts **out, size_t *n)
 {
     read_arg a = {.counts = out, .n = n};
-    return th__pg_run((th__pg *)s, 0, counts_body, &a, 0, NULL, NULL);
+    return th__pg_run((th__pg *)s, TH_PG_READ, counts_body, &a, 0, NULL, NULL);
 }
 
 static int stats_body(th__pg_tx *tx, void *arg)
@@ -1723,7 +1741,7 @@ static int pg_stats(th_store *s, int64_t now, th__store_stats *out)
     pthread_mutex_unlock(&p->smu);
     memset(out->counts, 0, sizeof out->counts);
     read_arg a = {.st = out};
-    int rc = th__pg_run(p, 0, stats_body, &a, now, NULL, NULL);
+    int rc = th__pg_run(p, TH_PG_READ, stats_body, &a, now, NULL, NULL);
     return rc < 0 ? rc : 0;
 }
 
