@@ -79,11 +79,12 @@ int th__pg_cmd(th__pg_tx *tx, const char *sql, const th__pg_params *pr)
     return r ? 0 : -1;
 }
 
-void th__pg_s_sql(th__pg_stmt *s, const char *text)
+/* Makes room for `add` more characters and the terminator; 0 or -1 (oom
+ * set). */
+static int s_reserve(th__pg_stmt *s, size_t add)
 {
-    size_t add = strlen(text);
     if (s->oom)
-        return;
+        return -1;
     if (s->len + add + 1 > s->cap) {
         size_t cap = s->cap ? s->cap : 256;
         while (cap < s->len + add + 1)
@@ -91,11 +92,19 @@ void th__pg_s_sql(th__pg_stmt *s, const char *text)
         char *n = th__realloc(s->sql, cap);
         if (!n) {
             s->oom = 1;
-            return;
+            return -1;
         }
         s->sql = n;
         s->cap = cap;
     }
+    return 0;
+}
+
+void th__pg_s_sql(th__pg_stmt *s, const char *text)
+{
+    size_t add = strlen(text);
+    if (s_reserve(s, add))
+        return;
     memcpy(s->sql + s->len, text, add + 1);
     s->len += add;
 }
@@ -110,20 +119,8 @@ void th__pg_s_elem(th__pg_stmt *s, const char *value)
     size_t need = 3;
     for (const char *c = value; *c; c++)
         need += (*c == '"' || *c == '\\') ? 2 : 1;
-    if (s->oom)
+    if (s_reserve(s, need))
         return;
-    if (s->len + need + 1 > s->cap) {
-        size_t cap = s->cap ? s->cap : 256;
-        while (cap < s->len + need + 1)
-            cap *= 2;
-        char *n = th__realloc(s->sql, cap);
-        if (!n) {
-            s->oom = 1;
-            return;
-        }
-        s->sql = n;
-        s->cap = cap;
-    }
     char *o = s->sql + s->len;
     *o++ = '"';
     for (const char *c = value; *c; c++) {
