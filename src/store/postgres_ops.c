@@ -824,8 +824,17 @@ static int pg_submit(th_store *s, th__submit *items, size_t n, int64_t now, th__
 typedef struct claim_arg {
     const th__claim *c;
     th_task **out;
+    int nout;     /* snapshots in out: an attempt that did not commit leaves them */
     char *queues; /* a text[] literal, or NULL for every queue */
 } claim_arg;
+
+/* Frees what an earlier attempt put in out. */
+static void claim_discard(claim_arg *a)
+{
+    for (int i = 0; i < a->nout; i++)
+        th_task_free(a->out[i]);
+    a->nout = 0;
+}
 
 /* Rows to update in one statement: their ids and one value each, sent as
  * two arrays that the statement unnests. */
@@ -863,6 +872,7 @@ static int claim_body(th__pg_tx *tx, void *arg)
     claim_arg *a = arg;
     const th__claim *cl = a->c;
     int k = 0, rc = 0;
+    claim_discard(a);
     while ((size_t)k < cl->max_tasks) {
         th__pg_params pr = {.n = 0};
         th__pg_p_str(&pr, a->queues);
@@ -909,6 +919,7 @@ static int claim_body(th__pg_tx *tx, void *arg)
             emit(tx, TH_EV_ASSIGNED, w, w->t.worker);
             emit(tx, TH_EV_STARTED, w, NULL);
             a->out[k++] = row_take(w);
+            a->nout = k;
             rs.v[i] = NULL;
         }
         th__pg_params more = {.n = 2};
@@ -932,20 +943,19 @@ static int claim_body(th__pg_tx *tx, void *arg)
         if (rc || expired == 0 || nrows == 0)
             break; /* with no expired row, fewer rows means the queues ran dry */
     }
-    if (rc) {
-        for (int i = 0; i < k; i++)
-            th_task_free(a->out[i]);
-        return rc;
-    }
-    return k;
+    if (rc)
+        claim_discard(a);
+    return rc ? rc : k;
 }
 
 static int pg_claim(th_store *s, const th__claim *c, int64_t now, th_task **out, th__evbuf *ev)
 {
-    claim_arg a = {c, out, NULL};
+    claim_arg a = {.c = c, .out = out};
     if (c->nqueues && !(a.queues = text_array(c->queues, c->nqueues)))
         return TH_ENOMEM;
     int rc = th__pg_run((th__pg *)s, TH_PG_ASYNC, claim_body, &a, now, ev, NULL);
+    if (rc < 0)
+        claim_discard(&a); /* the last attempt's COMMIT failed */
     th__free(a.queues);
     return rc;
 }
@@ -1209,7 +1219,10 @@ static int complete_body(th__pg_tx *tx, void *arg)
 static int pg_complete(th_store *s, th_completion *items, size_t n, int64_t now, th__evbuf *ev)
 {
     complete_arg a = {items, n};
-    return th__pg_run((th__pg *)s, TH_PG_DURABLE, complete_body, &a, now, ev, NULL);
+    int rc = th__pg_run((th__pg *)s, TH_PG_DURABLE, complete_body, &a, now, ev, NULL);
+    for (size_t i = 0; rc < 0 && i < n; i++)
+        items[i].rc = rc; /* no answer: whatever an attempt noted is void */
+    return rc;
 }
 
 static int fail_body(th__pg_tx *tx, void *arg)
