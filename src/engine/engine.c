@@ -177,6 +177,23 @@ static void remote_ready(void *ud, const char *queue)
     pthread_mutex_unlock(&e->wmu);
 }
 
+static void publish(th_engine *e, th__evbuf *ev);
+
+/* Called from a shared store's own thread with an event of another
+ * process's operation: numbered here and delivered like a local one. */
+static void remote_event(void *ud, const th__ev *x)
+{
+    th_engine *e = ud;
+    if (atomic_load(&e->nsubs) == 0)
+        return;
+    th__evbuf ev;
+    th__evbuf_init(&ev, 1, &e->ev_counter);
+    th__evbuf_add(&ev, x->type, x->id, x->queue, x->state, x->attempt, x->progress, x->message,
+                  x->time_ms);
+    publish(e, &ev);
+    th__evbuf_free(&ev);
+}
+
 static void kick_timer(th_engine *e, int64_t deadline)
 {
     int64_t next = atomic_load(&e->timer_next);
@@ -381,8 +398,10 @@ th_engine *th_engine_new(th_store *store, const th_engine_options *opts, th_erro
         .seed = opts->seed,
     };
     store->ops->configure(store, &cfg);
-    if (store->ops->set_waker)
-        store->ops->set_waker(store, remote_ready, e);
+    if (store->ops->set_hooks) {
+        th__store_hooks hooks = {remote_ready, remote_event, e};
+        store->ops->set_hooks(store, &hooks);
+    }
     if (!opts->manual_tick) {
         if (pthread_create(&e->timer, NULL, timer_main, e) != 0) {
             th__err(err, TH_ENOMEM, NULL, "cannot start the timer thread");

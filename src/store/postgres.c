@@ -336,8 +336,9 @@ static void notify_ready(th__pg_tx *tx)
 {
     if (tx->pend.ready_all) {
         th__pg_params pr = {.n = 0};
+        th__pg_p_str(&pr, tx->p->ch_ready);
         th__pg_p_str(&pr, "");
-        th__pg_cmd(tx, "SELECT pg_notify('" TH_PG_CHANNEL "', $1)", &pr);
+        th__pg_cmd(tx, "SELECT pg_notify($1, $2)", &pr);
         return;
     }
     for (size_t i = 0; i < tx->pend.nready; i++) {
@@ -347,9 +348,59 @@ static void notify_ready(th__pg_tx *tx)
         if (k < i)
             continue; /* already told */
         th__pg_params pr = {.n = 0};
+        th__pg_p_str(&pr, tx->p->ch_ready);
         th__pg_p_str(&pr, tx->pend.ready[i]);
-        th__pg_cmd(tx, "SELECT pg_notify('" TH_PG_CHANNEL "', $1)", &pr);
+        th__pg_cmd(tx, "SELECT pg_notify($1, $2)", &pr);
     }
+}
+
+/* Longest event message sent to other nodes (NOTIFY payloads must stay
+ * under 8000 bytes); a longer one is cut at a character boundary. */
+#define EV_MSG_MAX 3000
+
+/* Sends this transaction's events to the other nodes, one notice each,
+ * delivered at COMMIT: "NODE|type|state|attempt|progress|time|id|queue|M"
+ * where M is "-" for no message or "+" and the message. */
+static void notify_events(th__pg_tx *tx)
+{
+    if (!tx->pend.n)
+        return;
+    th__pg_stmt arr = {0};
+    for (size_t i = 0; i < tx->pend.n; i++) {
+        const th__ev *e = &tx->pend.v[i];
+        char head[160], msg[EV_MSG_MAX + 2];
+        snprintf(head, sizeof head, "%016" PRIx64 "|%d|%d|%d|%d|%" PRId64 "|%s|%s|", tx->p->node,
+                 (int)e->type, (int)e->state, e->attempt, e->progress, e->time_ms, e->id, e->queue);
+        size_t len = e->message ? strlen(e->message) : 0;
+        if (len > EV_MSG_MAX) {
+            len = EV_MSG_MAX;
+            while (len && ((unsigned char)e->message[len] & 0xC0) == 0x80)
+                len--;
+        }
+        msg[0] = e->message ? '+' : '-';
+        if (e->message)
+            memcpy(msg + 1, e->message, len);
+        msg[e->message ? len + 1 : 1] = '\0';
+        size_t hl = strlen(head), ml = strlen(msg);
+        char *line = th__malloc(hl + ml + 1);
+        if (!line) {
+            arr.oom = 1;
+            break;
+        }
+        memcpy(line, head, hl);
+        memcpy(line + hl, msg, ml + 1);
+        th__pg_s_elem(&arr, line);
+        th__free(line);
+    }
+    const char *text = th__pg_s_array(&arr);
+    if (text) {
+        /* Lost on OOM: other nodes then see the change without its events. */
+        th__pg_params pr = {.n = 0};
+        th__pg_p_str(&pr, tx->p->ch_events);
+        th__pg_p_str(&pr, text);
+        th__pg_cmd(tx, "SELECT pg_notify($1, x) FROM unnest($2::text[]) AS x", &pr);
+    }
+    th__pg_s_free(&arr);
 }
 
 int th__pg_run(th__pg *p, th__pg_mode mode, th__pg_body body, void *arg, int64_t now, th__evbuf *ev,
@@ -361,7 +412,9 @@ int th__pg_run(th__pg *p, th__pg_mode mode, th__pg_body body, void *arg, int64_t
     memset(&tx, 0, sizeof tx);
     tx.p = p;
     tx.now = now;
-    th__evbuf_init(&tx.pend, ev ? ev->record : 0, &tx.pend_seq);
+    /* Always recorded: other nodes may be listening even when this one is
+     * not; publish_pending keeps them only when `ev` records. */
+    th__evbuf_init(&tx.pend, 1, &tx.pend_seq);
     for (int attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
         th__evbuf_reset(&tx.pend);
         memset(&tx.d, 0, sizeof tx.d);
@@ -391,8 +444,10 @@ int th__pg_run(th__pg *p, th__pg_mode mode, th__pg_body body, void *arg, int64_t
             PQclear(r);
             break;
         }
-        if (txn && !tx.dberr)
+        if (txn && !tx.dberr) {
             notify_ready(&tx);
+            notify_events(&tx);
+        }
         if (tx.dberr) {
             if (txn && PQstatus(tx.c) == CONNECTION_OK) {
                 PGresult *r = PQexec(tx.c, "ROLLBACK");
@@ -510,7 +565,53 @@ static int migrate_body(th__pg_tx *tx, void *arg)
     return 0;
 }
 
+/* Names this database and schema's channels after a hash of both. */
+static int channels_body(th__pg_tx *tx, void *arg)
+{
+    (void)arg;
+    PGresult *r = th__pg_exec(tx, "SELECT current_database() || '.' || current_schema()", NULL);
+    if (!r)
+        return TH_EIO;
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (const char *c = PQgetvalue(r, 0, 0); *c; c++)
+        h = (h ^ (unsigned char)*c) * 1099511628211ULL;
+    PQclear(r);
+    snprintf(tx->p->ch_ready, sizeof tx->p->ch_ready, "%s_%016" PRIx64, TH_PG_CHANNEL, h);
+    snprintf(tx->p->ch_events, sizeof tx->p->ch_events, "%s_%016" PRIx64, TH_PG_EVENTS, h);
+    return 0;
+}
+
 /* ---- wake-ups from other nodes --------------------------------------------- */
+
+/* Parses one event notice of another node and hands it to the engine. */
+static void remote_event(th__pg *p, const char *payload)
+{
+    char *f[9];
+    char *copy = th__strdup(payload), *c = copy;
+    if (!copy)
+        return;
+    int n = 0;
+    for (; n < 8 && c; n++) {
+        f[n] = c;
+        if ((c = strchr(c, '|')))
+            *c++ = '\0';
+    }
+    f[8] = c;
+    th__ev e;
+    memset(&e, 0, sizeof e);
+    if (n == 8 && c && strtoull(f[0], NULL, 16) != p->node && strlen(f[6]) == TH_ID_LEN &&
+        (e.queue = th__pg_intern(p, f[7]))) {
+        e.type = (th_event_type)strtol(f[1], NULL, 10);
+        e.state = (th_task_state)strtol(f[2], NULL, 10);
+        e.attempt = (int)strtol(f[3], NULL, 10);
+        e.progress = (int)strtol(f[4], NULL, 10);
+        e.time_ms = strtoll(f[5], NULL, 10);
+        memcpy(e.id, f[6], TH_ID_SIZE);
+        e.message = c[0] == '+' ? c + 1 : NULL;
+        p->hooks.event(p->hooks.ud, &e);
+    }
+    th__free(copy);
+}
 
 static void *notifier_main(void *arg)
 {
@@ -521,7 +622,9 @@ static void *notifier_main(void *arg)
             PQfinish(c);
             c = PQconnectdb(p->conninfo);
             PQsetNoticeProcessor(c, quiet, NULL);
-            PGresult *r = PQstatus(c) == CONNECTION_OK ? PQexec(c, "LISTEN " TH_PG_CHANNEL) : NULL;
+            char sql[128];
+            snprintf(sql, sizeof sql, "LISTEN %s; LISTEN %s", p->ch_ready, p->ch_events);
+            PGresult *r = PQstatus(c) == CONNECTION_OK ? PQexec(c, sql) : NULL;
             int ok = r && PQresultStatus(r) == PGRES_COMMAND_OK;
             PQclear(r);
             if (!ok) {
@@ -530,8 +633,7 @@ static void *notifier_main(void *arg)
                 poll(&pf, 1, TH_PG_POLL_MS);
                 continue;
             }
-            if (p->waker)
-                p->waker(p->waker_ud, NULL); /* what was missed while away */
+            p->hooks.ready(p->hooks.ud, NULL); /* what was missed while away */
         }
         struct pollfd pf[2] = {{.fd = PQsocket(c), .events = POLLIN},
                                {.fd = p->wake_fd[0], .events = POLLIN}};
@@ -543,8 +645,10 @@ static void *notifier_main(void *arg)
             continue; /* reconnects above */
         PGnotify *n;
         while ((n = PQnotifies(c))) {
-            if (p->waker)
-                p->waker(p->waker_ud, n->extra && *n->extra ? n->extra : NULL);
+            if (strcmp(n->relname, p->ch_events) == 0)
+                remote_event(p, n->extra);
+            else
+                p->hooks.ready(p->hooks.ud, n->extra && *n->extra ? n->extra : NULL);
             PQfreemem(n);
         }
     }
@@ -552,13 +656,12 @@ static void *notifier_main(void *arg)
     return NULL;
 }
 
-static void pg_set_waker(th_store *s, void (*fn)(void *ud, const char *queue), void *ud)
+static void pg_set_hooks(th_store *s, const th__store_hooks *hooks)
 {
     th__pg *p = (th__pg *)s;
     if (p->has_notifier)
         return;
-    p->waker = fn;
-    p->waker_ud = ud;
+    p->hooks = *hooks;
     if (pthread_create(&p->notifier, NULL, notifier_main, p) == 0)
         p->has_notifier = 1;
 }
@@ -603,14 +706,15 @@ th_store *th__pg_store_open(const char *uri, const th_store_options *opts, th_er
         return NULL;
     }
     p->ops = th__pg_ops;
-    p->ops.set_waker = pg_set_waker;
+    p->ops.set_hooks = pg_set_hooks;
     p->ops.free = pg_free;
     p->base.ops = &p->ops;
     p->wake_fd[0] = p->wake_fd[1] = -1;
     pthread_mutex_init(&p->pool_mu, NULL);
     pthread_cond_init(&p->pool_cv, NULL);
     pthread_mutex_init(&p->smu, NULL);
-    th__rng_seed(&p->rng, 0);
+    th__rng_seed(&p->rng, 0); /* random; configure may seed it */
+    p->node = th__rng_next(&p->rng);
     th__ulid_init(&p->ids, 0);
     for (int i = 0; i < TH_PG_POOL; i++)
         p->idle[i] = 1;
@@ -633,6 +737,8 @@ th_store *th__pg_store_open(const char *uri, const th_store_options *opts, th_er
     }
     migrate_arg m = {.from = 0, .err = err};
     int rc = th__pg_run(p, TH_PG_DURABLE, migrate_body, &m, 0, NULL, err);
+    if (rc >= 0)
+        rc = th__pg_run(p, TH_PG_READ, channels_body, NULL, 0, NULL, err);
     if (rc < 0)
         goto fail;
     return &p->base;

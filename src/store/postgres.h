@@ -21,9 +21,10 @@
 #include "core/ulid.h"
 #include "store/store.h"
 
-#define TH_PG_POOL 4       /* connections per store */
-#define TH_PG_POLL_MS 1000 /* fallback poll: a lost notification costs this much latency */
-#define TH_PG_CHANNEL "th_ready"
+#define TH_PG_POOL 4             /* connections per store */
+#define TH_PG_POLL_MS 1000       /* fallback poll: a lost notification costs this much latency */
+#define TH_PG_CHANNEL "th_ready" /* + "_" and a hash of database and schema */
+#define TH_PG_EVENTS "th_events"
 #define TH_PG_TP_BUCKETS 10
 
 typedef struct th__pg_name {
@@ -51,9 +52,12 @@ typedef struct th__pg {
     th__pg_name *names;
 
     /* The notifier: a thread LISTENing on its own connection, which hands
-     * other nodes' ready notices to the engine's wake-up path. */
-    void (*waker)(void *ud, const char *queue);
-    void *waker_ud;
+     * other nodes' ready notices and events to the engine (hooks). */
+    th__store_hooks hooks;
+    uint64_t node; /* random: tells this store's own notices from others' */
+    /* Channels of this database and schema, so stores in other schemas of
+     * one server do not hear each other. */
+    char ch_ready[48], ch_events[48];
     pthread_t notifier;
     int has_notifier;
     int wake_fd[2]; /* a pipe that stops the notifier */

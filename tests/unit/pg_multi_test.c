@@ -312,10 +312,78 @@ static void test_sigkilled_node_leases_expire(void **state)
     free(uri);
 }
 
+/* Events a subscriber saw of queue "ev" (this test's only task). */
+typedef struct seen {
+    pthread_mutex_t mu;
+    th_event_type types[16];
+    char id[16][TH_ID_SIZE];
+    int n;
+} seen;
+
+static void on_event(const th_event *ev, void *ud)
+{
+    seen *s = ud;
+    pthread_mutex_lock(&s->mu);
+    if (strcmp(ev->queue, "ev") == 0 && s->n < 16) {
+        memcpy(s->id[s->n], ev->task_id, TH_ID_SIZE);
+        s->types[s->n++] = ev->type;
+    }
+    pthread_mutex_unlock(&s->mu);
+}
+
+static int seen_count(seen *s)
+{
+    pthread_mutex_lock(&s->mu);
+    int n = s->n;
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
+/* A task's life on one node is seen, in order and once, by subscribers on
+ * both nodes. */
+static void test_events_reach_every_node(void **state)
+{
+    (void)state;
+    static const th_event_type want[] = {TH_EV_SUBMITTED, TH_EV_READY, TH_EV_ASSIGNED,
+                                         TH_EV_STARTED, TH_EV_COMPLETED};
+    enum { NWANT = sizeof want / sizeof want[0] };
+    char *uri = thtest_pg_uri();
+    th_engine *a = real_engine(uri), *b = real_engine(uri);
+    seen sa = {.n = 0}, sb = {.n = 0};
+    pthread_mutex_init(&sa.mu, NULL);
+    pthread_mutex_init(&sb.mu, NULL);
+    int ka = th_engine_subscribe(a, on_event, &sa), kb = th_engine_subscribe(b, on_event, &sb);
+    assert_true(ka >= 0 && kb >= 0);
+    char id[TH_ID_SIZE];
+    thtest_submit_simple(a, "ev", NULL, id);
+    th_task *t = thtest_claim1(a, "ev", 0);
+    th_error err;
+    assert_int_equal(th_engine_complete(a, t->id, t->lease, NULL, &err), 0);
+    th_task_free(t);
+    for (int i = 0; i < 200 && seen_count(&sb) < NWANT; i++)
+        sleep_ms(50);
+    sleep_ms(300); /* a duplicate would show by now */
+    th_engine_unsubscribe(a, ka);
+    th_engine_unsubscribe(b, kb);
+    assert_int_equal(sa.n, NWANT);
+    assert_int_equal(sb.n, NWANT);
+    for (int i = 0; i < NWANT; i++) {
+        assert_int_equal(sa.types[i], want[i]);
+        assert_int_equal(sb.types[i], want[i]);
+        assert_string_equal(sb.id[i], id);
+    }
+    th_engine_free(a);
+    th_engine_free(b);
+    pthread_mutex_destroy(&sa.mu);
+    pthread_mutex_destroy(&sb.mu);
+    free(uri);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sigkilled_node_leases_expire),
+        cmocka_unit_test(test_events_reach_every_node),
         cmocka_unit_test(test_two_engines_share_tasks),
         cmocka_unit_test(test_server_restart_mid_run),
     };
