@@ -899,7 +899,9 @@ static int claim_body(th__pg_tx *tx, void *arg)
             tx->d.wait_n++;
             w->t.attempt++;
             pthread_mutex_lock(&tx->p->smu);
-            w->t.lease = (th__rng_next(&tx->p->rng) & ((1ULL << 53) - 1)) | 1;
+            /* The node's random id is mixed in: nodes seeded alike must
+             * still not hand out the same tokens. */
+            w->t.lease = ((th__rng_next(&tx->p->rng) ^ tx->p->node) & ((1ULL << 53) - 1)) | 1;
             pthread_mutex_unlock(&tx->p->smu);
             w->lease_ms = cl->lease_ms;
             w->t.lease_expires_at = tx->now + cl->lease_ms;
