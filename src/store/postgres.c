@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "core/alloc.h"
+#include "core/clock.h"
 #include "core/error.h"
 
 #define MAX_ATTEMPTS 4
@@ -627,6 +628,11 @@ static void *notifier_main(void *arg)
             PGresult *r = PQstatus(c) == CONNECTION_OK ? PQexec(c, sql) : NULL;
             int ok = r && PQresultStatus(r) == PGRES_COMMAND_OK;
             PQclear(r);
+            pthread_mutex_lock(&p->lmu);
+            if (p->listening <= 0)
+                p->listening = ok ? 1 : -1;
+            pthread_cond_broadcast(&p->lcv);
+            pthread_mutex_unlock(&p->lmu);
             if (!ok) {
                 /* The engine's fallback poll covers the gap. */
                 struct pollfd pf = {.fd = p->wake_fd[0], .events = POLLIN};
@@ -662,8 +668,16 @@ static void pg_set_hooks(th_store *s, const th__store_hooks *hooks)
     if (p->has_notifier)
         return;
     p->hooks = *hooks;
-    if (pthread_create(&p->notifier, NULL, notifier_main, p) == 0)
-        p->has_notifier = 1;
+    if (pthread_create(&p->notifier, NULL, notifier_main, p) != 0)
+        return; /* the engine's fallback poll still finds other nodes' work */
+    p->has_notifier = 1;
+    /* Once the engine exists, other nodes' notices are heard: wait (a
+     * little) for the first LISTEN. */
+    struct timespec until = th__mono_deadline(5000);
+    pthread_mutex_lock(&p->lmu);
+    while (p->listening == 0 && pthread_cond_timedwait(&p->lcv, &p->lmu, &until) == 0)
+        ;
+    pthread_mutex_unlock(&p->lmu);
 }
 
 /* ---- open and free ------------------------------------------------------------ */
@@ -693,6 +707,8 @@ static void pg_free(th_store *s)
     pthread_mutex_destroy(&p->pool_mu);
     pthread_cond_destroy(&p->pool_cv);
     pthread_mutex_destroy(&p->smu);
+    pthread_mutex_destroy(&p->lmu);
+    pthread_cond_destroy(&p->lcv);
     th__free(p->conninfo);
     th__free(p);
 }
@@ -713,6 +729,8 @@ th_store *th__pg_store_open(const char *uri, const th_store_options *opts, th_er
     pthread_mutex_init(&p->pool_mu, NULL);
     pthread_cond_init(&p->pool_cv, NULL);
     pthread_mutex_init(&p->smu, NULL);
+    pthread_mutex_init(&p->lmu, NULL);
+    th__cond_init_mono(&p->lcv);
     th__rng_seed(&p->rng, 0); /* random; configure may seed it */
     p->node = th__rng_next(&p->rng);
     th__ulid_init(&p->ids, 0);

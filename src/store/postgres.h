@@ -60,6 +60,9 @@ typedef struct th__pg {
     char ch_ready[48], ch_events[48];
     pthread_t notifier;
     int has_notifier;
+    pthread_mutex_t lmu; /* guards listening; a leaf */
+    pthread_cond_t lcv;
+    int listening;  /* 0 until the first LISTEN answered: 1 done, -1 failed */
     int wake_fd[2]; /* a pipe that stops the notifier */
     _Atomic int stopping;
 } th__pg;
