@@ -264,6 +264,15 @@ static void quiet(void *arg, const char *message)
     (void)message; /* notices (e.g. "already exists, skipping") are not errors */
 }
 
+/* Connects with a 10 s connect timeout unless the uri names its own (a
+ * keyword after "dbname" would override the uri's; one before it does not). */
+static PGconn *connect_to(const char *conninfo)
+{
+    static const char *const keys[] = {"connect_timeout", "dbname", NULL};
+    const char *vals[] = {"10", conninfo, NULL};
+    return PQconnectdbParams(keys, vals, 1);
+}
+
 /* Makes conns[i] usable: connects it the first time, resets it after a loss.
  * Returns 0 when it is connected. */
 static int ensure_conn(th__pg *p, int i)
@@ -273,7 +282,7 @@ static int ensure_conn(th__pg *p, int i)
     if (p->conns[i])
         PQreset(p->conns[i]);
     else
-        p->conns[i] = PQconnectdb(p->conninfo);
+        p->conns[i] = connect_to(p->conninfo);
     if (PQstatus(p->conns[i]) != CONNECTION_OK)
         return -1;
     PQsetNoticeProcessor(p->conns[i], quiet, NULL);
@@ -621,7 +630,7 @@ static void *notifier_main(void *arg)
     while (!atomic_load(&p->stopping)) {
         if (!c || PQstatus(c) != CONNECTION_OK) {
             PQfinish(c);
-            c = PQconnectdb(p->conninfo);
+            c = connect_to(p->conninfo);
             PQsetNoticeProcessor(c, quiet, NULL);
             char sql[128];
             snprintf(sql, sizeof sql, "LISTEN %s; LISTEN %s", p->ch_ready, p->ch_events);

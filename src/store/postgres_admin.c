@@ -237,6 +237,11 @@ typedef struct tick_arg {
  * node or call holds (it is acting on them, or will be seen next tick). */
 enum { DUE_RUN_AT, DUE_LEASE, DUE_EXPIRY };
 
+/* Rows of one kind one tick handles, so a transaction stays short after a
+ * long outage; the next deadline is then already due and the timer ticks
+ * again at once. */
+#define TICK_MAX "1000"
+
 static int tick_step(th__pg_tx *tx, int due, const char *sql, int *n)
 {
     th__pg_params pr = {.n = 0};
@@ -290,16 +295,17 @@ static int tick_body(th__pg_tx *tx, void *arg)
     int n = 0, rc;
     if ((rc = tick_step(tx, DUE_RUN_AT,
                         "SELECT " COLS " FROM th_tasks WHERE state = 1 AND run_at <= $1"
-                        " ORDER BY run_at, seq FOR UPDATE SKIP LOCKED",
+                        " ORDER BY run_at, seq LIMIT " TICK_MAX " FOR UPDATE SKIP LOCKED",
                         &n)) ||
         (rc = tick_step(tx, DUE_LEASE,
                         "SELECT " COLS " FROM th_tasks WHERE state = 3 AND " RUNNING_KEY
-                        " <= $1 ORDER BY " RUNNING_KEY ", seq FOR UPDATE SKIP LOCKED",
+                        " <= $1 ORDER BY " RUNNING_KEY ", seq LIMIT " TICK_MAX
+                        " FOR UPDATE SKIP LOCKED",
                         &n)) ||
         (rc = tick_step(tx, DUE_EXPIRY,
                         "SELECT " COLS " FROM th_tasks WHERE state IN (0, 1, 2) AND"
                         " expires_at <> 0 AND expires_at <= $1 ORDER BY expires_at, seq"
-                        " FOR UPDATE SKIP LOCKED",
+                        " LIMIT " TICK_MAX " FOR UPDATE SKIP LOCKED",
                         &n)))
         return rc;
     PGresult *r = th__pg_exec(

@@ -2,9 +2,10 @@
  * Two real daemons (`taskhive serve --store postgres://...`) on one database
  * (the tests' private server, one schema per test):
  *
- *  - tasks submitted through one daemon are run by the pools of both, and
+ *  - tasks submitted through both daemons are run by the pools of both, and
  *    each task ends completed after exactly one attempt, seen the same from
- *    either daemon;
+ *    either daemon; a task submitted through one shows in the other's
+ *    event stream;
  *  - a daemon killed with SIGKILL while its pool runs tasks leaves them
  *    leased; the other daemon runs them again once the leases (2 s here)
  *    expire, and they complete on attempt 2.
@@ -42,6 +43,8 @@ static void test_two_daemons_share_tasks(void **state)
     (void)state;
     char *uri = thtest_pg_uri();
     thd_daemon *a = start_on(uri), *b = start_on(uri);
+    thd_sse *stream = thd_sse_open(b, "/v1/events", NULL);
+    assert_int_equal(thd_sse_wait_connected(stream, THD_WAIT_MS), 200);
     char *ids[SHARED];
     size_t n = 0;
     for (int batch = 0; batch < SHARED / 100; batch++) {
@@ -63,6 +66,10 @@ static void test_two_daemons_share_tasks(void **state)
         }
         thd_resp_free(r);
     }
+    /* The first batch went through a: b's stream carries its events. */
+    assert_true(thd_sse_wait_for(stream, "submitted", ids[0], THD_WAIT_MS));
+    assert_true(thd_sse_wait_for(stream, "completed", ids[0], THD_WAIT_MS));
+    thd_sse_close(stream);
     for (size_t i = 0; i < n; i++) {
         json_t *t = thd_wait_state(i % 2 ? a : b, ids[i], "completed");
         assert_int_equal(thd_jint(t, "attempt", -1), 1);
