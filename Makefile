@@ -16,7 +16,7 @@ BUILD   ?= build
 SAN     ?=
 
 CC      ?= cc
-PKGS    := sqlite3 jansson libsodium libzstd zlib libcurl libevent libevent_pthreads inih
+PKGS    := sqlite3 jansson libsodium libzstd zlib libcurl libevent libevent_pthreads inih libpq
 DEPCFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 DEPLIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lsqlite3 -ljansson)
 
@@ -82,6 +82,11 @@ $(CLI_BIN): $(CLI_OBJ) $(STATIC)
 $(BUILD)/tests/%: tests/unit/%.c $(TEST_HOBJ) $(STATIC)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests/lib $(LDFLAGS) -o $@ $< $(TEST_HOBJ) $(STATIC) -lcmocka $(LDLIBS)
+
+# pg_bench starts its own PostgreSQL server with the tests' helper.
+$(BUILD)/bench/pg_bench: bench/pg_bench.c $(BUILD)/obj/tests/lib/pgserver.o $(STATIC)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests/lib $(LDFLAGS) -o $@ $< $(BUILD)/obj/tests/lib/pgserver.o $(STATIC) $(LDLIBS)
 
 $(BUILD)/bench/%: bench/%.c $(STATIC)
 	@mkdir -p $(dir $@)

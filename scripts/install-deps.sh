@@ -9,7 +9,7 @@ set -eu
 PKGS="build-essential pkg-config libsqlite3-dev sqlite3 libjansson-dev \
 libcmocka-dev uthash-dev libsodium-dev libzstd-dev zlib1g-dev \
 libcurl4-openssl-dev libevent-dev libinih-dev curl clang \
-libclang-rt-14-dev"
+libclang-rt-14-dev libpq-dev postgresql"
 
 missing=""
 for p in $PKGS; do

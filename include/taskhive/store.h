@@ -6,6 +6,9 @@
  *   "sqlite:PATH"       one file (or a bare PATH ending in .db / .sqlite);
  *                       WAL, group commit, versioned schema. The file is
  *                       held exclusively by one process.
+ *   "postgres://..."    a PostgreSQL database (any libpq URI, also
+ *                       "postgresql://"); several processes on several
+ *                       machines share it. Durability is the server's.
  *
  * The engine is the only user of a store; see engine.h.
  */
@@ -36,11 +39,13 @@ typedef struct th_store_options {
 TH_EXPORT void th_store_options_init(th_store_options *o);
 
 /*
- * Opens the store named by `uri` ("memory", "sqlite:/var/lib/x.db", "x.db").
+ * Opens the store named by `uri` ("memory", "sqlite:/var/lib/x.db", "x.db",
+ * "postgres://user@host/db").
  * `opts` may be NULL for defaults. Returns NULL on failure and fills `err`:
  * TH_EINVAL for a bad uri, TH_EBUSY when another process holds the file,
  * TH_ECORRUPT for a damaged or foreign file, TH_EVERSION for a newer schema,
- * TH_EIO otherwise. A refused file is never modified.
+ * TH_EIO otherwise (for postgres: the server cannot be reached or refused
+ * the schema). A refused file is never modified.
  * The caller owns the result: hand it to th_engine_new, or th_store_free it.
  */
 TH_EXPORT th_store *th_store_open(const char *uri, const th_store_options *opts, th_error *err);
@@ -48,7 +53,7 @@ TH_EXPORT th_store *th_store_open(const char *uri, const th_store_options *opts,
 /* Closes a store that was never handed to an engine; accepts NULL. */
 TH_EXPORT void th_store_free(th_store *store);
 
-/* "memory" or "sqlite". Static. */
+/* "memory", "sqlite" or "postgres". Static. */
 TH_EXPORT const char *th_store_kind(const th_store *store);
 
 #endif

@@ -160,6 +160,40 @@ static void wake(th_engine *e, const th__evbuf *ev)
     pthread_mutex_unlock(&e->wmu);
 }
 
+/* Called from a shared store's own thread when another process made tasks
+ * of `queue` (NULL: of any queue) ready: wakes every consumer of it, since
+ * the notice does not say how many tasks there are. */
+static void remote_ready(void *ud, const char *queue)
+{
+    th_engine *e = ud;
+    pthread_mutex_lock(&e->wmu);
+    atomic_fetch_add(&e->ready_gen, 1);
+    for (waiter *w = e->waiters; w; w = w->next) {
+        if (!queue || matches(w, queue)) {
+            w->woken = 1;
+            pthread_cond_signal(&w->cv);
+        }
+    }
+    pthread_mutex_unlock(&e->wmu);
+}
+
+static void publish(th_engine *e, th__evbuf *ev);
+
+/* Called from a shared store's own thread with an event of another
+ * process's operation: numbered here and delivered like a local one. */
+static void remote_event(void *ud, const th__ev *x)
+{
+    th_engine *e = ud;
+    if (atomic_load(&e->nsubs) == 0)
+        return;
+    th__evbuf ev;
+    th__evbuf_init(&ev, 1, &e->ev_counter);
+    th__evbuf_add(&ev, x->type, x->id, x->queue, x->state, x->attempt, x->progress, x->message,
+                  x->time_ms);
+    publish(e, &ev);
+    th__evbuf_free(&ev);
+}
+
 static void kick_timer(th_engine *e, int64_t deadline)
 {
     int64_t next = atomic_load(&e->timer_next);
@@ -297,6 +331,9 @@ static void *timer_main(void *arg)
             int64_t wait = next == INT64_MAX ? 60000 : next - now_ms(e);
             if (wait > 60000)
                 wait = 60000;
+            /* A shared store also changes under other processes. */
+            if (e->store->ops->poll_ms > 0 && wait > e->store->ops->poll_ms)
+                wait = e->store->ops->poll_ms;
             if (wait > 0) {
                 struct timespec ts = th__mono_deadline(wait);
                 pthread_cond_timedwait(&e->tcv, &e->tmu, &ts);
@@ -361,6 +398,10 @@ th_engine *th_engine_new(th_store *store, const th_engine_options *opts, th_erro
         .seed = opts->seed,
     };
     store->ops->configure(store, &cfg);
+    if (store->ops->set_hooks) {
+        th__store_hooks hooks = {remote_ready, remote_event, e};
+        store->ops->set_hooks(store, &hooks);
+    }
     if (!opts->manual_tick) {
         if (pthread_create(&e->timer, NULL, timer_main, e) != 0) {
             th__err(err, TH_ENOMEM, NULL, "cannot start the timer thread");
@@ -682,10 +723,16 @@ int th_engine_claim(th_engine *e, const th_claim_options *o, th_task **out, th_e
         if (e->waiters)
             e->waiters->prev = &w;
         e->waiters = &w;
-        if (o->wait_ms < 0) {
+        int64_t poll = e->store->ops->poll_ms; /* a lost notice costs latency only */
+        if (o->wait_ms < 0 && poll <= 0) {
             pthread_cond_wait(&w.cv, &e->wmu);
+        } else if (o->wait_ms < 0) {
+            struct timespec ts = th__mono_deadline(poll);
+            pthread_cond_timedwait(&w.cv, &e->wmu, &ts);
         } else {
             int64_t left = deadline - th__mono_ns();
+            if (poll > 0 && left > poll * 1000000)
+                left = poll * 1000000;
             if (left > 0) {
                 struct timespec ts = th__mono_deadline((left + 999999) / 1000000);
                 pthread_cond_timedwait(&w.cv, &e->wmu, &ts);

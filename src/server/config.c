@@ -184,7 +184,8 @@ static int server_key(parse *p, const char *k, const char *v)
             return fail(p, "data_dir: must be a directory path%s%s", "", "");
     } else if (strcmp(k, "store") == 0) {
         if (!*v || set_str(&c->store, v))
-            return fail(p, "store: must be memory, sqlite:PATH or a .db path%s%s", "", "");
+            return fail(p, "store: must be memory, sqlite:PATH, a .db path or postgres://...%s%s",
+                        "", "");
     } else if (strcmp(k, "durability") == 0) {
         if (strcmp(v, "normal") == 0)
             c->durability = TH_DURABILITY_NORMAL;
@@ -441,13 +442,15 @@ static const char usage[] =
     "  --config FILE       INI configuration (also TASKHIVE_CONFIG)\n"
     "  --listen HOST:PORT  address to listen on (default 127.0.0.1:7070; port 0 = any)\n"
     "  --data-dir DIR      where the SQLite file lives (default ./taskhive-data)\n"
-    "  --store URI         memory, sqlite:PATH or PATH.db (default sqlite in the data dir)\n"
+    "  --store URI         memory, sqlite:PATH, PATH.db or postgres://USER@HOST/DB\n"
+    "                      (default sqlite in the data dir)\n"
     "  --log-level LEVEL   debug, info, warn or error\n"
     "  --port-file FILE    write the bound port there once listening\n"
     "  --check-config      validate the configuration and exit\n"
     "  --help              this text\n"
     "Environment: TASKHIVE_CONFIG, TASKHIVE_LISTEN, TASKHIVE_DATA_DIR, TASKHIVE_STORE,\n"
-    "TASKHIVE_LOG_LEVEL override the file; flags override both.\n";
+    "TASKHIVE_LOG_LEVEL override the file; flags override both. DATABASE_URL, when it\n"
+    "is a postgres:// uri, is the store unless TASKHIVE_STORE or --store names one.\n";
 
 int th__config_load(th__config *c, int argc, char **argv, char *err, size_t errlen)
 {
@@ -480,10 +483,16 @@ int th__config_load(th__config *c, int argc, char **argv, char *err, size_t errl
         const char *env, *section, *key;
     } envs[] = {{"TASKHIVE_LISTEN", "server", "listen"},
                 {"TASKHIVE_DATA_DIR", "server", "data_dir"},
+                {"DATABASE_URL", "server", "store"},
                 {"TASKHIVE_STORE", "server", "store"},
                 {"TASKHIVE_LOG_LEVEL", "server", "log_level"}};
     for (size_t i = 0; i < sizeof envs / sizeof envs[0]; i++) {
         const char *v = getenv(envs[i].env);
+        /* The conventional variable of hosted PostgreSQL; other databases'
+         * uris in it are not ours. */
+        if (v && strcmp(envs[i].env, "DATABASE_URL") == 0 && strncmp(v, "postgres://", 11) != 0 &&
+            strncmp(v, "postgresql://", 13) != 0)
+            continue;
         if (v && *v && !on_ini(&p, envs[i].section, envs[i].key, v)) {
             snprintf(err, errlen, "%s: %s", envs[i].env, p.err);
             return -1;

@@ -48,10 +48,14 @@ th_store *th_store_open(const char *uri, const th_store_options *opts, th_error 
         }
         return th__sqlite_store_open(path, opts, err);
     }
+    if (strncmp(uri, "postgres://", 11) == 0 || strncmp(uri, "postgresql://", 13) == 0)
+        return th__pg_store_open(uri, opts, err);
     if (has_suffix(uri, ".db") || has_suffix(uri, ".sqlite") || has_suffix(uri, ".sqlite3"))
         return th__sqlite_store_open(uri, opts, err);
     th__err(err, TH_EINVAL, "store",
-            "unknown store '%s': use memory, sqlite:PATH or a path ending in .db", uri);
+            "unknown store '%s': use memory, sqlite:PATH, a path ending in .db or "
+            "postgres://...",
+            uri);
     return NULL;
 }
 

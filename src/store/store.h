@@ -61,6 +61,17 @@ void th__evbuf_add(th__evbuf *b, th_event_type type, const char *id, const char 
 void th__evbuf_ready(th__evbuf *b, const char *queue);
 void th__evbuf_deadline(th__evbuf *b, int64_t at);
 
+/* What a store shared by several processes tells the engine about the
+ * others' changes, from its own thread. */
+typedef struct th__store_hooks {
+    /* Another process made tasks of `queue` ready (NULL: of any queue). */
+    void (*ready)(void *ud, const char *queue);
+    /* An event of another process's operation: ev->seq is not set (the
+     * engine numbers it) and ev->queue is interned by the store. */
+    void (*event)(void *ud, const th__ev *ev);
+    void *ud;
+} th__store_hooks;
+
 /* Settings the engine hands its store once, before any operation. */
 typedef struct th__store_config {
     size_t max_queued;
@@ -94,6 +105,13 @@ typedef struct th__store_stats {
 
 typedef struct th__store_ops {
     const char *kind;
+    /* Blocked claims and the timer look at the store again at least this
+     * often, in ms: other processes change a shared store without passing
+     * through this engine. 0: never needed. */
+    int64_t poll_ms;
+    /* Optional (NULL when every change passes through this process): see
+     * th__store_hooks. Called once, before any operation. */
+    void (*set_hooks)(th_store *s, const th__store_hooks *hooks);
     int (*configure)(th_store *s, const th__store_config *cfg);
     int (*submit)(th_store *s, th__submit *items, size_t n, int64_t now, th__evbuf *ev,
                   th_error *err);
@@ -136,5 +154,7 @@ struct th_store {
 /* Constructors of the built-in stores. */
 th_store *th__memory_store_new(th_error *err);
 th_store *th__sqlite_store_open(const char *path, const th_store_options *opts, th_error *err);
+/* `uri` is a libpq connection string or postgres:// uri. */
+th_store *th__pg_store_open(const char *uri, const th_store_options *opts, th_error *err);
 
 #endif

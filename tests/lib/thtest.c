@@ -5,6 +5,8 @@
  */
 #include "thtest.h"
 
+#include "pgserver.h"
+
 #include <ftw.h>
 #include <jansson.h>
 #include <stdio.h>
@@ -145,6 +147,8 @@ char *thtest_store_uri(const char *kind, char **path_out)
         assert_non_null(uri);
         return uri;
     }
+    if (strcmp(kind, "postgres") == 0)
+        return thtest_pg_uri();
     assert_string_equal(kind, "sqlite");
     char *path = thtest_unique_path("th", ".db");
     size_t len = strlen("sqlite:") + strlen(path) + 1;
@@ -170,11 +174,19 @@ void thtest_remove_db(const char *path)
     }
 }
 
+char *thtest_pg_uri(void)
+{
+    char *uri = thpg_new_schema();
+    if (!uri)
+        fail_msg("no PostgreSQL schema for the test (see the pgserver lines above)");
+    return uri;
+}
+
 int thtest_run_all_stores(const char *name, const struct CMUnitTest *tests, size_t n)
 {
-    static const char *const kinds[] = {"memory", "sqlite"};
+    static const char *const kinds[] = {"memory", "sqlite", "postgres"};
     int failed = 0;
-    for (size_t i = 0; i < 2; i++) {
+    for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
         char group[256];
         g_kind = kinds[i];
         snprintf(group, sizeof group, "%s/%s", name, kinds[i]);
@@ -191,6 +203,7 @@ int thtest_fx_setup(void **state)
         return -1;
     thtest_clock_init(&fx->clk, THTEST_T0);
     fx->uri = thtest_store_uri(g_kind, &fx->path);
+    fx->durable = strcmp(g_kind, "memory") != 0;
     fx->e = thtest_engine(fx->uri, &fx->clk);
     *state = fx;
     return 0;

@@ -51,16 +51,23 @@ th_engine *thtest_engine_opts(const char *uri, thtest_clock *clk, const th_engin
 
 /* ---- running a suite against every store ------------------------------- */
 
-/* The store the current suite runs against: "memory" or "sqlite". */
+/* The store the current suite runs against: "memory", "sqlite" or
+ * "postgres". */
 const char *thtest_store_kind(void);
-/* A uri for a fresh store of `kind`: "memory", or "sqlite:<unique path>.db".
+/* A uri for a fresh store of `kind`: "memory", "sqlite:<unique path>.db", or
+ * for "postgres" a fresh schema on the tests' private server (pgserver.h).
  * When `path_out` is not NULL it receives the file path (NULL for memory),
  * which the caller frees. The caller frees the uri. */
 char *thtest_store_uri(const char *kind, char **path_out);
+/* A uri for a fresh schema on the tests' private PostgreSQL server
+ * (pgserver.h), started on first use; fails the test when there is none.
+ * The caller frees it. */
+char *thtest_pg_uri(void);
 /* Removes a sqlite file and its -wal / -shm / -journal companions. */
 void thtest_remove_db(const char *path);
 
-/* Runs `tests` once per store kind (group "<name>/memory", "<name>/sqlite").
+/* Runs `tests` once per store kind (groups "<name>/memory", "<name>/sqlite",
+ * "<name>/postgres").
  * Returns the total number of failed tests. */
 int thtest_run_all_stores(const char *name, const struct CMUnitTest *tests, size_t n);
 #define THTEST_RUN_ALL_STORES(name, tests)                                                         \
@@ -71,7 +78,8 @@ int thtest_run_all_stores(const char *name, const struct CMUnitTest *tests, size
 typedef struct thtest_fx {
     thtest_clock clk;
     char *uri;
-    char *path; /* sqlite file, or NULL for memory */
+    char *path;  /* sqlite file, or NULL */
+    int durable; /* 1 when tasks outlive the engine (sqlite, postgres) */
     th_engine *e;
 } thtest_fx;
 
@@ -80,7 +88,7 @@ int thtest_fx_setup(void **state);
 int thtest_fx_teardown(void **state);
 /* Frees fx->e and opens a new engine over the same uri with `opts` (the clock
  * and manual_tick are forced). For memory the tasks are gone; for sqlite the
- * file is reopened. */
+ * file is reopened, for postgres the same schema. */
 void thtest_fx_reopen(thtest_fx *fx, const th_engine_options *opts);
 /* Advances the fake clock by `ms` and runs th_engine_tick; returns its result. */
 int thtest_fx_tick(thtest_fx *fx, int64_t ms);
