@@ -117,9 +117,11 @@ int th__llm_start(th__server *s, char *err, size_t errlen)
     th_llm_gateway_options_init(&go);
     go.on_event = on_llm_event;
     go.ud = s;
+    /* The ledger is this node's: with a shared PostgreSQL store, each
+     * daemon keeps (and budgets against) its own. */
     if (c->usage_db) {
         go.usage_path = c->usage_db;
-    } else if (!s->cfg.store || strncmp(s->cfg.store, "sqlite:", 7) == 0) {
+    } else {
         snprintf(usage, sizeof usage, "%s/llm-usage.db", s->cfg.data_dir);
         go.usage_path = usage;
     }

@@ -221,7 +221,9 @@ int th__server_main(int argc, char **argv)
         goto out_cfg;
     }
     signal(SIGPIPE, SIG_IGN);
-    if (!s->cfg.store && mkdir(s->cfg.data_dir, 0700) != 0 && errno != EEXIST) {
+    /* The data directory holds the sqlite file, and with any store the
+     * agents' memory and definitions, the LLM usage ledger and the keys. */
+    if (mkdir(s->cfg.data_dir, 0700) != 0 && errno != EEXIST) {
         fprintf(stderr, "taskhive: cannot create data directory %s: %s\n", s->cfg.data_dir,
                 strerror(errno));
         goto out_cfg;
