@@ -187,10 +187,19 @@ typedef struct th_agents th_agents;
  * registered there. NULL when out of memory. */
 TH_EXPORT th_agents *th_agents_new(const th_tools *tools);
 TH_EXPORT void th_agents_free(th_agents *a);
+/* A registry kept in SQLite file `path` (created when missing; "" =
+ * in memory only): every stored definition is loaded now and every change
+ * below is written through before it takes effect (TH_EIO when it cannot
+ * be, with nothing changed). A stored definition is checked without
+ * `tools`, so one naming a tool that is gone loads, and fails when run.
+ * NULL on failure (TH_EIO, TH_ECORRUPT, TH_ENOMEM in err). */
+TH_EXPORT th_agents *th_agents_open(const char *path, const th_tools *tools, th_error *err);
 /* Adds a copy of `d` after validating it; TH_ECONFLICT when the name exists. */
 TH_EXPORT int th_agents_create(th_agents *a, const th_agent_def *d, th_error *err);
 /* Replaces the definition named d->name with a copy of `d`; TH_ENOTFOUND. */
 TH_EXPORT int th_agents_update(th_agents *a, const th_agent_def *d, th_error *err);
+/* Adds or replaces (for definitions from the configuration). */
+TH_EXPORT int th_agents_put(th_agents *a, const th_agent_def *d, th_error *err);
 TH_EXPORT int th_agents_delete(th_agents *a, const char *name, th_error *err);
 /* A copy of the definition named `name` (*out, th_agent_def_free). */
 TH_EXPORT int th_agents_get(th_agents *a, const char *name, th_agent_def **out, th_error *err);
