@@ -179,6 +179,43 @@ static void test_system_prompt_and_confidence(void **state)
     assert_int_equal(th__agent_confidence("confidence: high", &c), 0);
 }
 
+static void test_utf8_clean(void **state)
+{
+    (void)state;
+    const char *cases[][2] = {
+        {"plain", "plain"},
+        {"caf\xc3\xa9 \xe2\x89\xa4 \xf0\x9f\x90\x9d", "caf\xc3\xa9 \xe2\x89\xa4 \xf0\x9f\x90\x9d"},
+        {"a\xff"
+         "b",
+         "a?b"},
+        {"cut \xe2\x89", "cut ??"},
+        {"\xc0\xaf", "??"},           /* overlong */
+        {"\xed\xa0\x80", "???"},      /* a surrogate */
+        {"\xf4\x90\x80\x80", "????"}, /* past U+10FFFF */
+        {"", ""},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *out = th__agent_utf8_clean(cases[i][0]);
+        assert_string_equal(out, cases[i][1]);
+        json_t *j = json_string(out);
+        assert_non_null(j);
+        json_decref(j);
+        th_agent_free(out);
+    }
+}
+
+static void test_retryable(void **state)
+{
+    (void)state;
+    int retry[] = {TH_EUPSTREAM, TH_EUNAVAIL,  TH_EBUSY,   TH_ETIMEDOUT,
+                   TH_ENOMEM,    TH_ECANCELED, TH_ECLOSED, TH_EIO};
+    int final[] = {TH_EBUDGET, TH_EINVAL, TH_ENOTFOUND, TH_ETOOBIG, TH_ECONFLICT};
+    for (size_t i = 0; i < sizeof retry / sizeof retry[0]; i++)
+        assert_true(th__agent_retryable(retry[i]));
+    for (size_t i = 0; i < sizeof final / sizeof final[0]; i++)
+        assert_false(th__agent_retryable(final[i]));
+}
+
 typedef struct loop_fx {
     thtest_clock clk;
     th_engine *e;
@@ -417,6 +454,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_plain_answer),
         cmocka_unit_test(test_system_prompt_and_confidence),
+        cmocka_unit_test(test_utf8_clean),
+        cmocka_unit_test(test_retryable),
         cmocka_unit_test_setup_teardown(test_tool_loop_submits, loop_setup, loop_teardown),
         cmocka_unit_test_setup_teardown(test_validation_error_goes_back, loop_setup, loop_teardown),
         cmocka_unit_test_setup_teardown(test_tool_not_allowed, loop_setup, loop_teardown),
