@@ -14,7 +14,7 @@ build=$1
 shift
 
 status=0
-for name in engine_bench pool_bench http_bench supervisor_bench; do
+for name in engine_bench pool_bench http_bench supervisor_bench llm_bench; do
     bin=$build/bench/$name
     if [ ! -x "$bin" ]; then
         echo "bench/run.sh: $bin is missing; build it with 'make bench'" >&2

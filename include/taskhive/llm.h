@@ -18,10 +18,6 @@
  * for good, or its breaker is open, the next is tried. Every answer carries
  * its token usage and cost from the gateway's price table.
  *
- * Status: this interface is declared, and the wire formats behind it
- * (src/llm/wire.h) are built and tested; the gateway that implements these
- * functions is not built yet, so a program cannot link against them.
- *
  * Threads: th_llm_chat may be called from any thread and blocks that
  * thread only; its delta callback runs on the calling thread. th_llm_start's
  * done callback runs on the gateway thread and must not block.
@@ -84,6 +80,7 @@ typedef struct th_llm_provider_options {
     int health_failures;           /* 3 consecutive failures: unhealthy */
     int64_t mock_token_delay_ms;   /* 2: mock only, between streamed tokens */
     const char *anthropic_version; /* "2023-06-01" */
+    const char *key_name;          /* the key's name in usage and budgets; NULL = the provider's */
 } th_llm_provider_options;
 
 TH_EXPORT void th_llm_provider_options_init(th_llm_provider_options *o);
@@ -105,6 +102,9 @@ typedef struct th_llm_event {
 
 typedef struct th_llm_gateway_options {
     uint64_t seed; /* jitter; 0 = random */
+    /* A SQLite file where spending is kept (per day, provider, model,
+     * agent and key), so budgets hold across restarts; NULL = memory only. */
+    const char *usage_path;
     /* Called on the gateway thread for each event; must not block. */
     void (*on_event)(const th_llm_event *ev, void *ud);
     void *ud;
@@ -185,6 +185,9 @@ typedef struct th_llm_request {
     /* Polled by th_llm_chat every few ms; nonzero cancels the call. */
     int (*cancelled)(void *ud);
     void *ud;
+    /* Who the call is for: usage is recorded under this agent, and the
+     * agent's budget applies. NULL = no agent. */
+    const char *agent;
 } th_llm_request;
 
 typedef struct th_llm_usage {
@@ -251,6 +254,41 @@ TH_EXPORT int th_llm_embed(th_llm_gateway *gw, const char *provider, const char 
                            const char *const *texts, size_t n, float **vectors, int *dim,
                            th_llm_usage *usage, th_error *err);
 TH_EXPORT void th_llm_free(void *p);
+
+/* ---- spending and budgets ------------------------------------------------ */
+
+/*
+ * Sets a budget in USD for a scope: "agent:NAME", "key:NAME" (a provider's
+ * key_name) or "total". 0 = no limit for that period. Days and months are
+ * UTC. A call whose agent (or "total") budget is spent is refused with
+ * TH_EBUDGET before anything is sent; a target whose key budget is spent is
+ * skipped (the next target is tried). The check uses the spend so far plus
+ * the call's worst case (estimated input and max_tokens at the model's
+ * price). TH_EINVAL for a malformed scope or a negative amount.
+ */
+TH_EXPORT int th_llm_set_budget(th_llm_gateway *gw, const char *scope, double daily_usd,
+                                double monthly_usd);
+
+/* Spend of a scope (as above) today and this month, in USD. */
+TH_EXPORT int th_llm_spent(th_llm_gateway *gw, const char *scope, double *today_usd,
+                           double *month_usd);
+
+/* One line of the spend ledger. */
+typedef struct th_llm_spend_row {
+    char day[11]; /* "YYYY-MM-DD", UTC */
+    char provider[64];
+    char model[128];
+    char agent[64]; /* "" when the calls named no agent */
+    char key[64];
+    uint64_t requests;
+    int64_t input_tokens, output_tokens;
+    double cost_usd;
+} th_llm_spend_row;
+
+/* The ledger's lines from `since_day` ("YYYY-MM-DD"; NULL = all), ordered
+ * by day, provider, model, agent, key. *rows is freed with th_llm_free. */
+TH_EXPORT int th_llm_spend(th_llm_gateway *gw, const char *since_day, th_llm_spend_row **rows,
+                           size_t *n);
 
 /* ---- observing --------------------------------------------------------- */
 

@@ -39,6 +39,9 @@ static const verb verbs[] = {
     {"trigger", th__cmd_svc_trigger, th__usage_svc_trigger, "run an event service now"},
     {"add", th__cmd_svc_add, th__usage_svc_add, "add a service to the supervisor at run time"},
     {"rm", th__cmd_svc_rm, th__usage_svc_rm, "stop a service and remove it"},
+    {"providers", th__cmd_providers, th__usage_providers,
+     "LLM providers: health, circuit breaker, usage"},
+    {"spend", th__cmd_spend, th__usage_spend, "LLM spending per day, provider, model, agent"},
 };
 
 #define NVERBS (sizeof verbs / sizeof verbs[0])

@@ -71,6 +71,7 @@ static void provider_free(th__llm_provider *p)
     th__free(p->model);
     th__free(p->embed_model);
     th__free(p->anthropic_version);
+    th__free(p->key_name);
     th__free(p);
 }
 
@@ -92,6 +93,7 @@ th_llm_gateway *th_llm_gateway_new(const th_llm_gateway_options *opts, th_error 
     th_llm_gateway *gw = th__calloc(1, sizeof *gw);
     if (!gw)
         goto nomem;
+    gw->epfd = gw->wakefd = -1;
     gw->on_event = o.on_event;
     gw->ud = o.ud;
     th__rng_seed(&gw->rng, o.seed);
@@ -100,20 +102,29 @@ th_llm_gateway *th_llm_gateway_new(const th_llm_gateway_options *opts, th_error 
         if (th_llm_set_price(gw, builtin_prices[i].model, builtin_prices[i].in,
                              builtin_prices[i].out) < 0)
             goto nomem;
-    if (!(gw->multi = curl_multi_init()))
+    if (!(gw->multi = curl_multi_init()) || th__llm_io_init(gw) < 0)
         goto nomem;
     if (pthread_mutex_init(&gw->mu, NULL) != 0)
         goto nomem;
+    if (o.usage_path && th__llm_spend_open(gw, o.usage_path, err) < 0) {
+        pthread_mutex_destroy(&gw->mu);
+        goto fail;
+    }
     if (pthread_create(&gw->thread, NULL, th__llm_loop, gw) != 0) {
+        th__llm_spend_close(gw);
         pthread_mutex_destroy(&gw->mu);
         goto nomem;
     }
     gw->thread_started = 1;
     return gw;
 nomem:
+    th__err(err, TH_ENOMEM, "", "out of memory");
+fail:
     if (gw) {
+        th__llm_spend_close(gw);
         if (gw->multi)
             curl_multi_cleanup(gw->multi);
+        th__llm_io_close(gw);
         for (size_t i = 0; i < gw->nprices; i++)
             th__free(gw->prices[i].model);
         th__free(gw->prices);
@@ -121,7 +132,6 @@ nomem:
         th__free(gw);
     }
     curl_global_cleanup();
-    th__err(err, TH_ENOMEM, "", "out of memory");
     return NULL;
 }
 
@@ -132,9 +142,11 @@ void th_llm_gateway_free(th_llm_gateway *gw)
     pthread_mutex_lock(&gw->mu);
     gw->stop = 1;
     pthread_mutex_unlock(&gw->mu);
-    curl_multi_wakeup(gw->multi);
+    th__llm_io_wake(gw);
     pthread_join(gw->thread, NULL);
+    th__llm_spend_close(gw);
     curl_multi_cleanup(gw->multi);
+    th__llm_io_close(gw);
     for (int i = 0; i < gw->nprov; i++)
         provider_free(gw->prov[i]);
     for (size_t i = 0; i < gw->nprices; i++)
@@ -219,6 +231,7 @@ int th_llm_gateway_add_provider(th_llm_gateway *gw, const th_llm_provider_option
         !(p->model = th__strdup(model)) || !(p->embed_model = th__strdup(emodel)) ||
         !(p->anthropic_version =
               th__strdup(o->anthropic_version ? o->anthropic_version : "2023-06-01")) ||
+        !(p->key_name = th__strdup(o->key_name && *o->key_name ? o->key_name : o->name)) ||
         (o->api_key && *o->api_key && !(p->api_key = th__strdup(o->api_key))))
         goto nomem;
     /* The copies replace the caller's pointers, which may not outlive this
@@ -229,6 +242,7 @@ int th_llm_gateway_add_provider(th_llm_gateway *gw, const th_llm_provider_option
     p->o.embed_model = p->embed_model;
     p->o.anthropic_version = p->anthropic_version;
     p->o.api_key = NULL;
+    p->o.key_name = p->key_name;
     if (p->o.max_concurrent == 0)
         p->o.max_concurrent = o->format == TH_LLM_OLLAMA ? 4 : 64;
     p->healthy = 1;
@@ -252,7 +266,7 @@ int th_llm_gateway_add_provider(th_llm_gateway *gw, const th_llm_provider_option
     }
     gw->prov[gw->nprov++] = p;
     pthread_mutex_unlock(&gw->mu);
-    curl_multi_wakeup(gw->multi);
+    th__llm_io_wake(gw);
     return 0;
 nomem:
     provider_free(p);
@@ -342,6 +356,8 @@ static int check_request(th_llm_gateway *gw, const th_llm_request *req, th_error
         return th__err(err, TH_EINVAL, "temperature", "must be between 0 and 2");
     if (req->max_tokens < 0 || req->max_tokens > 10000000)
         return th__err(err, TH_EINVAL, "max_tokens", "must be between 0 and 10000000");
+    if (req->agent && (!*req->agent || strlen(req->agent) > 63))
+        return th__err(err, TH_EINVAL, "agent", "must be 1 to 63 bytes");
     return 0;
 }
 
@@ -363,11 +379,26 @@ static int submit(th_llm_gateway *gw, struct th_llm_call *c, const th_llm_reques
     }
     if (c->kind == TH__LLM_CHAT)
         c->est_tokens = th__llm_estimate_tokens(&c->req);
+    if (c->kind == TH__LLM_CHAT) {
+        /* The agent's and the total budget refuse the whole call; a key's
+         * budget only skips its targets (gateway_loop.c). */
+        const th_llm_target *t = &c->req.targets[0];
+        th__llm_provider *p = th__llm_find_provider(gw, t->provider);
+        double worst = th__llm_worst_cost(gw, c, t->model && *t->model ? t->model : p->model);
+        char scope[80];
+        snprintf(scope, sizeof scope, "agent:%s", c->req.agent ? c->req.agent : "");
+        if ((c->req.agent && (rc = th__llm_budget_check(gw, scope, worst, err)) < 0) ||
+            (rc = th__llm_budget_check(gw, "total", worst, err)) < 0) {
+            pthread_mutex_unlock(&gw->mu);
+            th__llm_call_destroy(c);
+            return rc;
+        }
+    }
     c->state = TH__CALL_INBOX;
     gw->live++;
     th__llm_list_push(&gw->inbox, c);
     pthread_mutex_unlock(&gw->mu);
-    curl_multi_wakeup(gw->multi);
+    th__llm_io_wake(gw);
     return 0;
 }
 
@@ -436,7 +467,7 @@ void th_llm_call_cancel(th_llm_call *c)
         gw->cancels = c;
     }
     pthread_mutex_unlock(&gw->mu);
-    curl_multi_wakeup(gw->multi);
+    th__llm_io_wake(gw);
 }
 
 void th_llm_call_free(th_llm_call *c)

@@ -9,7 +9,7 @@
  * call->mu. gw->mu guards the inbox, the cancel list, the provider list and
  * every provider's counters and state; the gateway thread holds it while it
  * processes and drops it while curl transfers data and while it sleeps in
- * curl_multi_poll. call->mu guards what a waiting caller reads: the ended
+ * epoll_wait. call->mu guards what a waiting caller reads: the ended
  * flag, the outcome and the buffered deltas.
  */
 #ifndef TH_LLM_GATEWAY_H
@@ -17,6 +17,7 @@
 
 #include <curl/curl.h>
 #include <pthread.h>
+#include <sqlite3.h>
 #include <stdatomic.h>
 #include <stdint.h>
 
@@ -28,6 +29,9 @@
 
 #define TH__LLM_MAX_PROVIDERS 64
 #define TH__LLM_NAME_MAX 63
+/* In-flight requests to one provider above which a new transfer does not
+ * look for an idle connection to reuse (gateway_http.c). */
+#define TH__LLM_REUSE_MAX 128
 
 typedef struct th__llm_call_list {
     struct th_llm_call *head, *tail;
@@ -44,7 +48,7 @@ typedef struct th__llm_bucket {
 
 typedef struct th__llm_provider {
     th_llm_provider_options o; /* strings below are owned copies */
-    char *name, *base_url, *api_key, *model, *embed_model, *anthropic_version;
+    char *name, *base_url, *api_key, *model, *embed_model, *anthropic_version, *key_name;
     /* Admission. */
     int in_flight;
     th__llm_call_list queue; /* waiting for a slot, FIFO */
@@ -68,6 +72,17 @@ typedef struct th__llm_price {
     char *model;
     double in_per_m, out_per_m;
 } th__llm_price;
+
+/* A line of the spend ledger; dirty until the writer thread saved it. */
+typedef struct th__llm_spend {
+    th_llm_spend_row row;
+    int dirty;
+} th__llm_spend;
+
+typedef struct th__llm_budget {
+    char scope[80]; /* "agent:NAME", "key:NAME", "total" */
+    double daily_usd, monthly_usd;
+} th__llm_budget;
 
 typedef enum th__llm_call_kind {
     TH__LLM_CHAT = 0,
@@ -157,8 +172,10 @@ struct th_llm_gateway {
     pthread_t thread;
     int thread_started;
     int stop;
-    int kicked; /* a transfer was added since the last curl_multi_perform */
     CURLM *multi;
+    int epfd;         /* the sockets curl asks to watch, and wakefd */
+    int wakefd;       /* an eventfd other threads write to wake the loop */
+    int64_t curl_due; /* when curl wants its timeout action (mono ms); -1 none */
     th__rng rng;
     void (*on_event)(const th_llm_event *ev, void *ud);
     void *ud;
@@ -171,6 +188,17 @@ struct th_llm_gateway {
     th__llm_call_list inbox;
     th__llm_call_list finished; /* ended, their done callbacks not yet run */
     struct th_llm_call *all;    /* every live call (anext / aprev) */
+
+    /* Spending (spend.c), under mu. */
+    th__llm_spend *spend;
+    size_t nspend, capspend;
+    th__llm_budget *budgets;
+    size_t nbudgets;
+    sqlite3 *usage_db; /* NULL: memory only */
+    pthread_t spend_thread;
+    pthread_mutex_t spend_mu; /* the writer's sleep */
+    pthread_cond_t spend_cv;
+    int spend_stop;
     struct th_llm_call *cancels;
     th__heap timers; /* calls in TH__CALL_TIMER by wake_ms */
     size_t live;     /* calls handed over and not yet ended */
@@ -207,7 +235,35 @@ double th__llm_bucket_cap(const th__llm_bucket *b);
 /* The price of `model` (gw->mu held); NULL when unknown. */
 th__llm_price *th__llm_find_price(th_llm_gateway *gw, const char *model);
 
+/* ---- spend.c: the ledger and budgets --------------------------------------- */
+
+/* Opens (creating) the usage file, loads its ledger and starts the writer
+ * thread. gw->mu must be initialised. TH_EIO with err. */
+int th__llm_spend_open(th_llm_gateway *gw, const char *path, th_error *err);
+/* Stops the writer, saves what changed, frees the ledger and budgets. */
+void th__llm_spend_close(th_llm_gateway *gw);
+/* Adds a successful call's usage to today's line (gw->mu held). */
+void th__llm_spend_record(th_llm_gateway *gw, const th__llm_provider *p, const char *model,
+                          const char *agent, const th_llm_usage *u, double cost);
+/* TH_EBUDGET with err when spending `worst` more USD would pass the budget
+ * of `scope` (gw->mu held); 0 when within it or no budget is set. */
+int th__llm_budget_check(th_llm_gateway *gw, const char *scope, double worst, th_error *err);
+/* A call's worst-case cost on `model`: its estimated input plus max_tokens
+ * of output at the model's price (gw->mu held). */
+double th__llm_worst_cost(th_llm_gateway *gw, const struct th_llm_call *c, const char *model);
+
 /* ---- gateway_http.c: transfers -------------------------------------------- */
+
+/* Sets up the multi handle's socket and timer callbacks over an epoll set
+ * and the wake-up eventfd. TH_ENOMEM / TH_EIO. */
+int th__llm_io_init(th_llm_gateway *gw);
+/* Closes what th__llm_io_init made (after curl_multi_cleanup). */
+void th__llm_io_close(th_llm_gateway *gw);
+/* Waits up to `wait_ms` for sockets or the wake-up, then lets curl work on
+ * the ready sockets and its due timeouts (gateway thread, without gw->mu). */
+void th__llm_io_run(th_llm_gateway *gw, long wait_ms);
+/* Wakes the gateway thread from any thread. */
+void th__llm_io_wake(th_llm_gateway *gw);
 
 /* Builds and adds the curl transfer of the call's current attempt.
  * TH_EINVAL / TH_ENOMEM with err (nothing added then). */

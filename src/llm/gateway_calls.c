@@ -82,6 +82,7 @@ static void copy_request(arena *a, const th_llm_request *src, th_llm_request *ds
             td[i] = (th_llm_tool_def){.name = n, .description = d, .parameters = pa};
     }
     dst->tools = td;
+    dst->agent = str(a, src->agent);
 }
 
 struct th_llm_call *th__llm_call_new(th_llm_gateway *gw, th__llm_call_kind kind,

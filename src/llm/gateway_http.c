@@ -4,11 +4,20 @@
  * stream to its parser as bytes arrive (deltas go to the waiting caller) and
  * keeps any other body, bounded, for the error message; the header callback
  * reads the rate-limit headers. All of it runs on the gateway thread.
+ *
+ * Sockets are watched with epoll through curl's socket interface
+ * (CURLMOPT_SOCKETFUNCTION / TIMERFUNCTION, curl_multi_socket_action), so
+ * each wake-up costs work only for the sockets that are ready: with
+ * curl_multi_perform every call walks every transfer, which made 10,000
+ * concurrent streams quadratic.
  */
 #include "llm/gateway.h"
 
 #include <stdio.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include "core/alloc.h"
 #include "core/clock.h"
@@ -133,10 +142,18 @@ int th__llm_transfer_start(th_llm_gateway *gw, struct th_llm_call *c, th_error *
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)p->o.timeout_ms);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)p->o.connect_timeout_ms);
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    /* Looking for a connection to reuse, and keeping an idle one, walk
+     * every connection curl holds; with hundreds in flight (HTTP/1.1: one
+     * each) that made 10,000 concurrent streams quadratic. Past this many a
+     * transfer opens its own connection and closes it after; below it
+     * connections are reused. */
+    if (p->in_flight > TH__LLM_REUSE_MAX) {
+        curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
+        curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
+    }
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(e, CURLOPT_USERAGENT, "taskhive/" TH_VERSION_STRING);
     c->easy = e;
-    gw->kicked = 1;
     if (curl_multi_add_handle(gw->multi, e) != CURLM_OK) {
         curl_easy_cleanup(e);
         c->easy = NULL;
@@ -237,4 +254,105 @@ int th__llm_transfer_outcome(struct th_llm_call *c, CURLcode cc, int *retriable,
                        pname, m);
     }
     return 0;
+}
+
+/* ---- the event loop's I/O --------------------------------------------------- */
+
+static int64_t mono_ms(void)
+{
+    return th__mono_ns() / 1000000;
+}
+
+/* curl says which events a socket needs, or that it is done with it. */
+static int on_socket(CURL *e, curl_socket_t s, int what, void *userp, void *socketp)
+{
+    th_llm_gateway *gw = userp;
+    (void)e;
+    if (what == CURL_POLL_REMOVE) {
+        epoll_ctl(gw->epfd, EPOLL_CTL_DEL, s, NULL);
+        return 0;
+    }
+    struct epoll_event ev = {.events = ((what & CURL_POLL_IN) ? EPOLLIN : 0u) |
+                                       ((what & CURL_POLL_OUT) ? EPOLLOUT : 0u),
+                             .data.fd = s};
+    int op = socketp ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+    if (epoll_ctl(gw->epfd, op, s, &ev) != 0) {
+        /* A descriptor number curl reused, or one we never saw. */
+        op = op == EPOLL_CTL_ADD ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+        epoll_ctl(gw->epfd, op, s, &ev);
+    }
+    if (!socketp)
+        curl_multi_assign(gw->multi, s, gw);
+    return 0;
+}
+
+static int on_timer(CURLM *m, long timeout_ms, void *userp)
+{
+    th_llm_gateway *gw = userp;
+    (void)m;
+    gw->curl_due = timeout_ms < 0 ? -1 : mono_ms() + timeout_ms;
+    return 0;
+}
+
+int th__llm_io_init(th_llm_gateway *gw)
+{
+    gw->curl_due = -1;
+    gw->epfd = epoll_create1(EPOLL_CLOEXEC);
+    gw->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = gw->wakefd};
+    if (gw->epfd < 0 || gw->wakefd < 0 || epoll_ctl(gw->epfd, EPOLL_CTL_ADD, gw->wakefd, &ev)) {
+        th__llm_io_close(gw);
+        return TH_EIO;
+    }
+    curl_multi_setopt(gw->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+    curl_multi_setopt(gw->multi, CURLMOPT_SOCKETDATA, gw);
+    curl_multi_setopt(gw->multi, CURLMOPT_TIMERFUNCTION, on_timer);
+    curl_multi_setopt(gw->multi, CURLMOPT_TIMERDATA, gw);
+    return 0;
+}
+
+void th__llm_io_close(th_llm_gateway *gw)
+{
+    if (gw->epfd >= 0)
+        close(gw->epfd);
+    if (gw->wakefd >= 0)
+        close(gw->wakefd);
+    gw->epfd = gw->wakefd = -1;
+}
+
+void th__llm_io_wake(th_llm_gateway *gw)
+{
+    uint64_t one = 1;
+    ssize_t n = write(gw->wakefd, &one, sizeof one);
+    (void)n; /* a full counter already means "wake up" */
+}
+
+void th__llm_io_run(th_llm_gateway *gw, long wait_ms)
+{
+    int64_t now = mono_ms();
+    if (gw->curl_due >= 0) {
+        long until = gw->curl_due <= now ? 0 : (long)(gw->curl_due - now);
+        if (until < wait_ms)
+            wait_ms = until;
+    }
+    struct epoll_event evs[256];
+    int n = epoll_wait(gw->epfd, evs, 256, (int)wait_ms);
+    int running;
+    for (int i = 0; i < n; i++) {
+        int fd = evs[i].data.fd;
+        if (fd == gw->wakefd) {
+            uint64_t v;
+            ssize_t r = read(gw->wakefd, &v, sizeof v);
+            (void)r;
+            continue;
+        }
+        int flags = ((evs[i].events & EPOLLIN) ? CURL_CSELECT_IN : 0) |
+                    ((evs[i].events & EPOLLOUT) ? CURL_CSELECT_OUT : 0) |
+                    ((evs[i].events & (EPOLLERR | EPOLLHUP)) ? CURL_CSELECT_ERR : 0);
+        curl_multi_socket_action(gw->multi, fd, flags, &running);
+    }
+    if (gw->curl_due >= 0 && mono_ms() >= gw->curl_due) {
+        gw->curl_due = -1;
+        curl_multi_socket_action(gw->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    }
 }

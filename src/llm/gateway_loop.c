@@ -4,11 +4,11 @@
  * admits it under the provider's concurrency limit and rate buckets or
  * queues it, runs attempts (curl transfers or the mock model), retries with
  * backoff, falls back to the next target, runs health checks, and finally
- * runs done callbacks. It sleeps in curl_multi_poll until a socket is ready,
- * the next deadline comes, or another thread calls curl_multi_wakeup.
+ * runs done callbacks. It sleeps in epoll_wait (gateway_http.c) until a
+ * socket is ready, the next deadline comes, or another thread wakes it.
  *
- * Everything here runs with gw->mu held, except curl_multi_perform (whose
- * callbacks touch only their own call), the poll, and done callbacks.
+ * Everything here runs with gw->mu held, except the socket work (whose
+ * callbacks touch only their own call), the wait, and done callbacks.
  */
 #include "llm/gateway.h"
 
@@ -284,6 +284,16 @@ static void begin_target(th_llm_gateway *gw, struct th_llm_call *c, int64_t now)
                     th_llm_breaker_name(p->breaker));
             continue;
         }
+        char scope[80];
+        snprintf(scope, sizeof scope, "key:%s", p->key_name);
+        const char *model = t->model && *t->model ? t->model : p->model;
+        if (th__llm_budget_check(gw, scope, th__llm_worst_cost(gw, c, model), &c->last_err) < 0) {
+            if (c->probe) {
+                p->probes--;
+                c->probe = 0;
+            }
+            continue;
+        }
         if (p->queue.n >= p->o.max_queue) {
             if (c->probe) {
                 p->probes--;
@@ -385,6 +395,16 @@ static int64_t backoff_ms(th_llm_gateway *gw, const th__llm_provider *p, int tri
     return d < 0 ? 0 : (int64_t)d;
 }
 
+double th__llm_worst_cost(th_llm_gateway *gw, const struct th_llm_call *c, const char *model)
+{
+    th__llm_price *pr = th__llm_find_price(gw, model);
+    if (!pr)
+        return 0;
+    int64_t out = c->req.max_tokens > 0 ? c->req.max_tokens : 1024;
+    int64_t in = c->est_tokens > out ? c->est_tokens - out : 0;
+    return ((double)in * pr->in_per_m + (double)out * pr->out_per_m) / 1e6;
+}
+
 /* Records usage and cost of a successful attempt. */
 static void account(th_llm_gateway *gw, struct th_llm_call *c)
 {
@@ -401,6 +421,7 @@ static void account(th_llm_gateway *gw, struct th_llm_call *c)
         p->tok_bucket.level -= (double)(u.input_tokens + u.output_tokens - c->est_tokens);
     c->resp.usage = u;
     c->resp.cost_usd = cost;
+    th__llm_spend_record(gw, p, c->model, c->req.agent, &u, cost);
     snprintf(c->resp.provider, sizeof c->resp.provider, "%s", p->name);
     snprintf(c->resp.model, sizeof c->resp.model, "%s", c->model ? c->model : "");
 }
@@ -615,10 +636,13 @@ void *th__llm_loop(void *arg)
         }
         run_finished(gw);
 
-        gw->kicked = 0;
+        if (gw->stop)
+            break;
+        long wait = gw->inbox.head || gw->cancels ? 0 : next_wait(gw, now);
         pthread_mutex_unlock(&gw->mu);
-        int running = 0;
-        curl_multi_perform(gw->multi, &running);
+        /* Transfers move here, without the lock: only the sockets that are
+         * ready (and curl's own timeouts) are worked on. */
+        th__llm_io_run(gw, wait);
         pthread_mutex_lock(&gw->mu);
         now = now_ms();
         CURLMsg *m;
@@ -631,13 +655,6 @@ void *th__llm_loop(void *arg)
             transfer_done(gw, priv, m->data.result, now);
         }
         run_finished(gw);
-        if (gw->stop)
-            break;
-        long wait = gw->inbox.head || gw->cancels || gw->kicked ? 0 : next_wait(gw, now);
-        pthread_mutex_unlock(&gw->mu);
-        if (wait > 0)
-            curl_multi_poll(gw->multi, NULL, 0, (int)wait, NULL);
-        pthread_mutex_lock(&gw->mu);
     }
     /* Stopping: every call still alive ends with TH_ECLOSED. */
     th_error closed;

@@ -407,6 +407,13 @@ static int on_ini(void *user, const char *section, const char *name, const char 
             return fail(p, "%s", e);
         return 1;
     }
+    if (strcmp(section, "llm") == 0 || strcmp(section, "prices") == 0 ||
+        strncmp(section, "provider.", 9) == 0 || strncmp(section, "agent.", 6) == 0) {
+        char e[300];
+        if (!th__llm_config_key(&p->c->llm, section, name, value, e, sizeof e))
+            return fail(p, "%s", e);
+        return 1;
+    }
     return fail(p, "unknown section [%s]%s", section, "");
 }
 
@@ -530,6 +537,12 @@ int th__config_load(th__config *c, int argc, char **argv, char *err, size_t errl
         snprintf(err, errlen, "%s", msg);
         return -1;
     }
+    if (th__llm_config_finish(&c->llm, err, errlen) != 0) {
+        char msg[600];
+        snprintf(msg, sizeof msg, "%s: %s", file ? file : "configuration", err);
+        snprintf(err, errlen, "%s", msg);
+        return -1;
+    }
     th_error perr;
     if (th_pool_options_check(&c->pool, &perr)) {
         snprintf(err, errlen, "%s: [pool] %s", file ? file : "configuration", perr.message);
@@ -541,6 +554,7 @@ int th__config_load(th__config *c, int argc, char **argv, char *err, size_t errl
 void th__config_free(th__config *c)
 {
     th__svc_config_free(c);
+    th__llm_config_free(&c->llm);
     th__free(c->file);
     th__free(c->data_dir);
     th__free(c->store);

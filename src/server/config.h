@@ -10,6 +10,7 @@
 #include <stddef.h>
 
 #include "pool/ctx.h"
+#include "server/llm_config.h"
 #include "taskhive/pool.h"
 #include "taskhive/store.h"
 #include "taskhive/supervisor.h"
@@ -74,6 +75,8 @@ typedef struct th__config {
     size_t nsvcs;
     th__group_conf *groups;
     size_t ngroups;
+    /* The LLM gateway and agents (llm_config.c). */
+    th__llm_conf llm;
 } th__config;
 
 /*

@@ -239,3 +239,10 @@ void th__http_dispatch(struct evhttp_request *r, void *arg)
         th__route_dispatch(&q, evhttp_request_get_command(r));
     evhttp_clear_headers(&q.query);
 }
+
+void th__reply_method(th__req *q, const char *allow)
+{
+    evhttp_add_header(evhttp_request_get_output_headers(q->r), "Allow", allow);
+    th__reply_error(q, 405, "EMETHOD", "", "%s does not allow this method (allowed: %s)", q->path,
+                    allow);
+}

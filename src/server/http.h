@@ -60,6 +60,8 @@ typedef struct th__server {
     th__conn *conns;       /* open connections (conn.c) */
     struct event *drained; /* the drain thread is done */
     th_supervisor *sv;     /* services.c; NULL without [service.*] */
+    th_llm_gateway *gw;    /* llm.c */
+    char default_provider[64];
     int sv_sub;
     pthread_t drainer;
     int has_drainer;
@@ -88,7 +90,13 @@ void th__reply_error(th__req *q, int status, const char *code, const char *field
 /* Maps an engine error (code and detail) to its HTTP status and sends it. */
 void th__reply_engine_error(th__req *q, int rc, const th_error *err);
 
+/* Sends 405 with an Allow header listing `allow`. */
+void th__reply_method(th__req *q, const char *allow);
+
 /* ---- requests ---- */
+
+/* Whether path segment i of `q` is `s`. */
+#define SEG(i, s) (q->nseg > (i) && strcmp(q->seg[i], (s)) == 0)
 
 /* Parses the body as a JSON object no larger than `max` bytes. NULL after
  * replying 400/413. An empty body gives an empty object. */

@@ -8,16 +8,10 @@
 
 #include "core/alloc.h"
 #include "server/http.h"
+#include "server/llm.h"
 #include "server/services.h"
 
-#define SEG(i, s) (q->nseg > (i) && strcmp(q->seg[i], (s)) == 0)
-
-static void method_not_allowed(th__req *q, const char *allow)
-{
-    evhttp_add_header(evhttp_request_get_output_headers(q->r), "Allow", allow);
-    th__reply_error(q, 405, "EMETHOD", "", "%s does not allow this method (allowed: %s)", q->path,
-                    allow);
-}
+#define method_not_allowed th__reply_method
 
 static int id_ok(th__req *q, const char *id)
 {
@@ -722,6 +716,8 @@ void th__route_dispatch(th__req *q, enum evhttp_cmd_type method)
         }
         if (th__req_allow(q, TH_SCOPE_READ))
             th__reply_json(q, 200, stats_json(s));
+        return;
+    } else if (th__route_llm(q, method)) {
         return;
     } else if (SEG(1, "events") && q->nseg == 2) {
         {

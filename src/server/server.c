@@ -27,6 +27,7 @@
 #include "core/clock.h"
 #include "server/exec.h"
 #include "server/http.h"
+#include "server/llm.h"
 #include "server/log.h"
 #include "server/services.h"
 
@@ -249,6 +250,10 @@ int th__server_main(int argc, char **argv)
         fprintf(stderr, "taskhive: cannot subscribe to engine events\n");
         goto out;
     }
+    if (th__llm_start(s, err, sizeof err) != 0) {
+        fprintf(stderr, "taskhive: %s\n", err);
+        goto out;
+    }
     if (s->cfg.pool_enabled && !(s->pool = start_pool(s, err, sizeof err))) {
         fprintf(stderr, "taskhive: %s\n", err);
         goto out;
@@ -325,6 +330,7 @@ out:
     th__conn_free_all(s);
     if (s->pool)
         th_pool_free(s->pool);
+    th__llm_stop(s);
     th__services_free(s);
     if (s->engine)
         th_engine_free(s->engine); /* flushes the store */

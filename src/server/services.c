@@ -63,10 +63,13 @@ int th__services_start(th__server *s, char *err, size_t errlen)
     if (s->cfg.sv_sample_ms)
         o.sample_interval_ms = s->cfg.sv_sample_ms;
     th_error e;
-    if (!(s->sv = th_supervisor_new(&o, &e))) {
+    th_supervisor *sv = th_supervisor_new(&o, &e);
+    if (!sv) {
         snprintf(err, errlen, "supervisor: %s", e.message);
         return -1;
     }
+    /* The LLM gateway's thread reads s->sv (a provider's restart_service). */
+    __atomic_store_n(&s->sv, sv, __ATOMIC_RELEASE);
     th_supervisor_subscribe(s->sv, on_sv_event, s);
     for (size_t i = 0; i < s->cfg.ngroups; i++)
         if (th_supervisor_group(s->sv, s->cfg.groups[i].name, s->cfg.groups[i].strategy, &e))

@@ -33,6 +33,7 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
 #include <event2/thread.h>
 
 #include "thtest.h"
@@ -983,7 +984,15 @@ fakellm *fakellm_start(void)
     evhttp_set_allowed_methods(f->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_PUT |
                                             EVHTTP_REQ_DELETE | EVHTTP_REQ_HEAD);
     evhttp_set_gencb(f->http, on_request, f);
-    struct evhttp_bound_socket *sock = evhttp_bind_socket_with_handle(f->http, "127.0.0.1", 0);
+    /* A deep accept queue (capped by net.core.somaxconn), so thousands of
+     * clients connecting at once are not dropped and retried a second
+     * later, as libevent's default of 128 would make them. */
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct evconnlistener *lst =
+        evconnlistener_new_bind(f->base, NULL, NULL, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE,
+                                16384, (struct sockaddr *)&sin, sizeof sin);
+    assert_non_null(lst);
+    struct evhttp_bound_socket *sock = evhttp_bind_listener(f->http, lst);
     assert_non_null(sock);
     struct sockaddr_storage ss;
     ev_socklen_t sl = sizeof ss;
