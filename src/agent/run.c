@@ -256,7 +256,8 @@ static int call_model(run *r, const th_llm_response **final, th_error *err)
                           .stream = 1,
                           .on_delta = r->o->on_delta,
                           .cancelled = r->o->cancelled,
-                          .ud = r->o->ud};
+                          .ud = r->o->ud,
+                          .agent = r->def->name};
     th_llm_response *a = &r->answers[r->nanswers];
     memset(a, 0, sizeof *a);
     int rc = th_llm_chat(r->o->gateway, &req, a, err);
