@@ -251,11 +251,16 @@ typedef struct th_agent_run_opts {
  * back to the model as the tool's answer), and repeats until the model
  * answers without tool calls or max_steps model calls were made. On 0,
  * *result (th_agent_free) is
- *   {"summary": S, "output": TEXT, "agent": NAME, "model": M, "steps": N,
+ *   {"summary": S, "output": TEXT, "agent": NAME, "provider": P, "model": M,
+ *    "steps": N (model calls),
  *    "metrics": {"tokens_used", "input_tokens", "output_tokens",
  *                "request_count", "tool_calls", "execution_time_ms",
  *                "cost_usd"}, "confidence": C (only when the answer states
  *    one as "confidence: 0.8" or "confidence: 80%")}.
+ * The summary is the answer's first sentence (at most 200 bytes); text
+ * that is not valid UTF-8 has its bad bytes replaced by '?'. The calls are
+ * made with the agent's name as th_llm_request.agent, so spend is recorded
+ * under it and an "agent:NAME" budget applies.
  * `metrics` (may be NULL) is filled on success and failure. Errors: the
  * gateway's (TH_EBUDGET, TH_EUPSTREAM, TH_ENOTFOUND for an unknown
  * provider...), TH_ENOTFOUND for an unknown allowed tool, TH_ECANCELED,
