@@ -123,6 +123,11 @@ TH_EXPORT void th_llm_gateway_free(th_llm_gateway *gw);
 TH_EXPORT int th_llm_gateway_add_provider(th_llm_gateway *gw, const th_llm_provider_options *o,
                                           th_error *err);
 
+/* Replaces the API key of provider `name` (key rotation): attempts started
+ * from now on send the new key; NULL or "" removes it. TH_ENOTFOUND for an
+ * unknown provider, TH_ENOMEM. The key is copied and never reported. */
+TH_EXPORT int th_llm_set_api_key(th_llm_gateway *gw, const char *name, const char *api_key);
+
 /* Sets the price of `model` in USD per million input / output tokens. A
  * model without a price costs 0. Built-in prices cover the mock model and a
  * few well-known models; this overrides them. */

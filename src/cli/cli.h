@@ -247,6 +247,8 @@ int th__cmd_svc_add(th__cli *cli, int argc, char **argv);
 int th__cmd_svc_rm(th__cli *cli, int argc, char **argv);
 int th__cmd_providers(th__cli *cli, int argc, char **argv);
 int th__cmd_spend(th__cli *cli, int argc, char **argv);
+int th__cmd_agents(th__cli *cli, int argc, char **argv);
+int th__cmd_keys(th__cli *cli, int argc, char **argv);
 
 /* Usage texts, printed by `VERB --help` and `taskhive help VERB`. */
 extern const char th__usage_submit[], th__usage_ls[], th__usage_show[], th__usage_logs[],
@@ -254,7 +256,7 @@ extern const char th__usage_submit[], th__usage_ls[], th__usage_show[], th__usag
     th__usage_workers[], th__usage_queues[], th__usage_stats[], th__usage_watch[], th__usage_top[],
     th__usage_ps[], th__usage_svc_start[], th__usage_svc_stop[], th__usage_svc_restart[],
     th__usage_svc_trigger[], th__usage_svc_add[], th__usage_svc_rm[], th__usage_providers[],
-    th__usage_spend[];
+    th__usage_spend[], th__usage_agents[], th__usage_keys[];
 
 /* Prints `usage` to stdout and returns TH_CLI_OK (for --help). */
 int th__print_usage(const char *usage);

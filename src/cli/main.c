@@ -41,6 +41,8 @@ static const verb verbs[] = {
     {"rm", th__cmd_svc_rm, th__usage_svc_rm, "stop a service and remove it"},
     {"providers", th__cmd_providers, th__usage_providers,
      "LLM providers: health, circuit breaker, usage"},
+    {"agents", th__cmd_agents, th__usage_agents, "LLM agents: list, show, create, update, rm, run"},
+    {"keys", th__cmd_keys, th__usage_keys, "provider API keys, encrypted at rest: list, set, rm"},
     {"spend", th__cmd_spend, th__usage_spend, "LLM spending per day, provider, model, agent"},
 };
 

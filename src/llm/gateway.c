@@ -8,6 +8,7 @@
 
 #include <ctype.h>
 #include <math.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -67,6 +68,8 @@ static void provider_free(th__llm_provider *p)
         return;
     th__free(p->name);
     th__free(p->base_url);
+    if (p->api_key)
+        sodium_memzero(p->api_key, strlen(p->api_key));
     th__free(p->api_key);
     th__free(p->model);
     th__free(p->embed_model);
@@ -179,6 +182,12 @@ static int check_options(const th_llm_provider_options *o, th_error *err)
         return rc;
     if (o->format < TH_LLM_MOCK || o->format > TH_LLM_OLLAMA)
         return th__err(err, TH_EINVAL, "format", "must be mock, openai, anthropic or ollama");
+    if (o->model && strlen(o->model) > 127)
+        return th__err(err, TH_EINVAL, "model", "longer than 127 bytes");
+    if (o->embed_model && strlen(o->embed_model) > 127)
+        return th__err(err, TH_EINVAL, "embed_model", "longer than 127 bytes");
+    if (o->key_name && strlen(o->key_name) > 63)
+        return th__err(err, TH_EINVAL, "key_name", "longer than 63 bytes");
     if (o->base_url && strncmp(o->base_url, "http://", 7) != 0 &&
         strncmp(o->base_url, "https://", 8) != 0)
         return th__err(err, TH_EINVAL, "base_url", "must start with http:// or https://");
@@ -273,6 +282,27 @@ nomem:
     return th__err(err, TH_ENOMEM, "", "out of memory");
 }
 
+int th_llm_set_api_key(th_llm_gateway *gw, const char *name, const char *api_key)
+{
+    char *k = NULL;
+    if (api_key && *api_key && !(k = th__strdup(api_key)))
+        return TH_ENOMEM;
+    pthread_mutex_lock(&gw->mu);
+    th__llm_provider *p = th__llm_find_provider(gw, name);
+    if (p) {
+        if (p->api_key)
+            sodium_memzero(p->api_key, strlen(p->api_key));
+        th__free(p->api_key);
+        p->api_key = k;
+        k = NULL;
+    }
+    pthread_mutex_unlock(&gw->mu);
+    if (k)
+        sodium_memzero(k, strlen(k));
+    th__free(k);
+    return p ? 0 : TH_ENOTFOUND;
+}
+
 /* ---- prices ----------------------------------------------------------------- */
 
 int th_llm_set_price(th_llm_gateway *gw, const char *model, double input_per_m, double output_per_m)
@@ -340,6 +370,12 @@ static int check_request(th_llm_gateway *gw, const th_llm_request *req, th_error
                 snprintf(err->field, sizeof err->field, "targets[%zu].provider", i);
             return TH_ENOTFOUND;
         }
+        if (req->targets[i].model && strlen(req->targets[i].model) > 127) {
+            th__err(err, TH_EINVAL, "", "longer than 127 bytes");
+            if (err)
+                snprintf(err->field, sizeof err->field, "targets[%zu].model", i);
+            return TH_EINVAL;
+        }
     }
     if (req->nmessages == 0 || !req->messages)
         return th__err(err, TH_EINVAL, "messages", "at least one message is needed");
@@ -379,21 +415,6 @@ static int submit(th_llm_gateway *gw, struct th_llm_call *c, const th_llm_reques
     }
     if (c->kind == TH__LLM_CHAT)
         c->est_tokens = th__llm_estimate_tokens(&c->req);
-    if (c->kind == TH__LLM_CHAT) {
-        /* The agent's and the total budget refuse the whole call; a key's
-         * budget only skips its targets (gateway_loop.c). */
-        const th_llm_target *t = &c->req.targets[0];
-        th__llm_provider *p = th__llm_find_provider(gw, t->provider);
-        double worst = th__llm_worst_cost(gw, c, t->model && *t->model ? t->model : p->model);
-        char scope[80];
-        snprintf(scope, sizeof scope, "agent:%s", c->req.agent ? c->req.agent : "");
-        if ((c->req.agent && (rc = th__llm_budget_check(gw, scope, worst, err)) < 0) ||
-            (rc = th__llm_budget_check(gw, "total", worst, err)) < 0) {
-            pthread_mutex_unlock(&gw->mu);
-            th__llm_call_destroy(c);
-            return rc;
-        }
-    }
     c->state = TH__CALL_INBOX;
     gw->live++;
     th__llm_list_push(&gw->inbox, c);
@@ -478,6 +499,12 @@ void th_llm_call_free(th_llm_call *c)
         c->free_after_done = 1;
         return;
     }
+    /* The done callback runs before the call counts as ended; a thread it
+     * signalled may get here first, and must not free the call under it. */
+    pthread_mutex_lock(&c->mu);
+    while (!c->ended)
+        pthread_cond_wait(&c->cv, &c->mu);
+    pthread_mutex_unlock(&c->mu);
     th__llm_call_destroy(c);
 }
 

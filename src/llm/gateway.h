@@ -77,11 +77,14 @@ typedef struct th__llm_price {
 typedef struct th__llm_spend {
     th_llm_spend_row row;
     int dirty;
+    uint64_t gen; /* bumped on each change; the writer clears dirty only for
+                     the generation it saved */
 } th__llm_spend;
 
 typedef struct th__llm_budget {
     char scope[80]; /* "agent:NAME", "key:NAME", "total" */
     double daily_usd, monthly_usd;
+    double reserved_usd; /* worst cases of the calls admitted and not ended */
 } th__llm_budget;
 
 typedef enum th__llm_call_kind {
@@ -124,7 +127,10 @@ struct th_llm_call {
     int tries;           /* attempts on this target */
     int holds_slot;      /* counted in p->in_flight */
     int probe;           /* a half-open breaker probe */
-    int64_t est_tokens;  /* reserved in the token bucket */
+    int64_t est_tokens;  /* estimated tokens of the call */
+    double tok_charged;  /* taken from the token bucket by this attempt */
+    double reserved_usd; /* held against budgets (rsv) while admitted */
+    int rsv[3];          /* indices into gw->budgets; -1 = none */
     int64_t wake_ms;     /* TH__CALL_TIMER */
     int timer_action;    /* TH__TIMER_* */
     size_t heap_idx;
@@ -199,6 +205,7 @@ struct th_llm_gateway {
     pthread_mutex_t spend_mu; /* the writer's sleep */
     pthread_cond_t spend_cv;
     int spend_stop;
+    th_error spend_err; /* the writer's last failure (it tries again) */
     struct th_llm_call *cancels;
     th__heap timers; /* calls in TH__CALL_TIMER by wake_ms */
     size_t live;     /* calls handed over and not yet ended */
@@ -245,9 +252,14 @@ void th__llm_spend_close(th_llm_gateway *gw);
 /* Adds a successful call's usage to today's line (gw->mu held). */
 void th__llm_spend_record(th_llm_gateway *gw, const th__llm_provider *p, const char *model,
                           const char *agent, const th_llm_usage *u, double cost);
-/* TH_EBUDGET with err when spending `worst` more USD would pass the budget
- * of `scope` (gw->mu held); 0 when within it or no budget is set. */
-int th__llm_budget_check(th_llm_gateway *gw, const char *scope, double worst, th_error *err);
+/* Checks the budgets call `c` on provider `p` is subject to (its agent's,
+ * the provider's key's, the total) against their spend plus what admitted
+ * calls reserved plus `worst`, and reserves `worst` in each (gw->mu held).
+ * 0, or TH_EBUDGET with err naming the scope (nothing reserved then). */
+int th__llm_budget_reserve(th_llm_gateway *gw, struct th_llm_call *c, const th__llm_provider *p,
+                           double worst, th_error *err);
+/* Gives back what th__llm_budget_reserve held for `c`; idempotent. */
+void th__llm_budget_release(th_llm_gateway *gw, struct th_llm_call *c);
 /* A call's worst-case cost on `model`: its estimated input plus max_tokens
  * of output at the model's price (gw->mu held). */
 double th__llm_worst_cost(th_llm_gateway *gw, const struct th_llm_call *c, const char *model);

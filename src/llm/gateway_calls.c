@@ -94,6 +94,7 @@ struct th_llm_call *th__llm_call_new(th_llm_gateway *gw, th__llm_call_kind kind,
     c->gw = gw;
     c->kind = kind;
     c->heap_idx = TH_HEAP_NONE;
+    c->rsv[0] = c->rsv[1] = c->rsv[2] = -1;
     c->dim = 0;
     c->deltas.max = TH__LLM_BODY_MAX;
     atomic_init(&c->cancel, 0);

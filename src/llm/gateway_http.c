@@ -38,7 +38,13 @@ static size_t on_header(char *buf, size_t size, size_t n, void *ud)
 static void on_stream_delta(const char *text, size_t len, void *ud)
 {
     struct th_llm_call *c = ud;
-    c->streamed = 1;
+    if (!len)
+        return;
+    if (!c->first_ns)
+        c->first_ns = th__mono_ns();
+    /* From now on a retry or a fallback would repeat text the caller has
+     * seen; a call nobody reads deltas of may still be retried. */
+    c->streamed |= c->want_deltas;
     th__llm_call_push_delta(c, text, len);
 }
 
@@ -142,6 +148,9 @@ int th__llm_transfer_start(th_llm_gateway *gw, struct th_llm_call *c, th_error *
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)p->o.timeout_ms);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)p->o.connect_timeout_ms);
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    /* Streams arrive in small chunks: a 4 KiB receive buffer instead of
+     * 16 KiB saves 12 KiB per request in flight (120 MB at 10,000). */
+    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 4096L);
     /* Looking for a connection to reuse, and keeping an idle one, walk
      * every connection curl holds; with hundreds in flight (HTTP/1.1: one
      * each) that made 10,000 concurrent streams quadratic. Past this many a

@@ -138,10 +138,15 @@ static void breaker_result(th_llm_gateway *gw, struct th_llm_call *c, int ok, in
                            int64_t now)
 {
     th__llm_provider *p = c->p;
+    int probe = c->probe;
     if (c->probe) {
         p->probes--;
         c->probe = 0;
     }
+    /* While half-open only the probes' outcomes count: calls admitted
+     * before the breaker opened say nothing about the provider now. */
+    if (p->breaker == TH_BREAKER_HALF_OPEN && !probe)
+        return;
     if (ok) {
         if (p->breaker == TH_BREAKER_HALF_OPEN) {
             if (++p->breaker_successes >= p->o.breaker_successes)
@@ -200,6 +205,19 @@ static void release_slot(struct th_llm_call *c)
 
 static void dispatch(th_llm_gateway *gw, th__llm_provider *p, int64_t now);
 
+/* Gives back the tokens an attempt took from its provider's bucket when no
+ * usage will be charged for it (it failed or was cancelled). */
+static void refund_tokens(struct th_llm_call *c)
+{
+    if (c->tok_charged > 0 && c->p) {
+        th__llm_bucket *b = &c->p->tok_bucket;
+        b->level += c->tok_charged;
+        if (b->level > th__llm_bucket_cap(b))
+            b->level = th__llm_bucket_cap(b);
+    }
+    c->tok_charged = 0;
+}
+
 /* Ends a call: takes it out of wherever it waits and queues its done
  * callback. A health check updates its provider and is freed here. */
 static void finish(th_llm_gateway *gw, struct th_llm_call *c, int rc, const th_error *err)
@@ -211,6 +229,8 @@ static void finish(th_llm_gateway *gw, struct th_llm_call *c, int rc, const th_e
         th__llm_list_remove(&p->queue, c);
     th__llm_transfer_stop(gw, c);
     release_slot(c);
+    refund_tokens(c);
+    th__llm_budget_release(gw, c);
     if (c->probe) {
         p->probes--;
         c->probe = 0;
@@ -268,43 +288,42 @@ static void finish(th_llm_gateway *gw, struct th_llm_call *c, int rc, const th_e
 /* ---- choosing a target and admitting ------------------------------------------ */
 
 /* Puts the call on the first target from c->ti on that can take it, or ends
- * it with the last reason a target could not. */
+ * it with the last reason a target could not. A target is skipped when its
+ * provider is unhealthy, its breaker refuses, a budget the call is subject
+ * to would be passed on it, its queue is full, or — when another target is
+ * left — a rate-limit hold of more than a second keeps it back. */
 static void begin_target(th_llm_gateway *gw, struct th_llm_call *c, int64_t now)
 {
+    th__llm_budget_release(gw, c);
     for (; c->ti < c->req.ntargets; c->ti++) {
         const th_llm_target *t = &c->req.targets[c->ti];
         th__llm_provider *p = th__llm_find_provider(gw, t->provider);
+        int last = c->ti + 1 == c->req.ntargets;
         c->p = p;
         if (!p->healthy) {
             th__err(&c->last_err, TH_EUNAVAIL, "", "provider %s is unhealthy", p->name);
             continue;
         }
-        if (!breaker_admit(gw, p, now, &c->probe)) {
-            th__err(&c->last_err, TH_EUNAVAIL, "", "provider %s: circuit breaker is %s", p->name,
-                    th_llm_breaker_name(p->breaker));
-            continue;
-        }
-        char scope[80];
-        snprintf(scope, sizeof scope, "key:%s", p->key_name);
-        const char *model = t->model && *t->model ? t->model : p->model;
-        if (th__llm_budget_check(gw, scope, th__llm_worst_cost(gw, c, model), &c->last_err) < 0) {
-            if (c->probe) {
-                p->probes--;
-                c->probe = 0;
-            }
+        if (!last && p->blocked_until_ms > now + 1000) {
+            th__err(&c->last_err, TH_EBUSY, "", "provider %s is held back by its rate limits",
+                    p->name);
             continue;
         }
         if (p->queue.n >= p->o.max_queue) {
-            if (c->probe) {
-                p->probes--;
-                c->probe = 0;
-            }
             th__err(&c->last_err, TH_EBUSY, "", "provider %s: %zu requests already waiting",
                     p->name, p->queue.n);
             continue;
         }
         const char *m = t->model && *t->model ? t->model : NULL;
         c->model = m ? m : c->kind == TH__LLM_EMBED ? p->embed_model : p->model;
+        if (th__llm_budget_reserve(gw, c, p, th__llm_worst_cost(gw, c, c->model), &c->last_err) < 0)
+            continue;
+        if (!breaker_admit(gw, p, now, &c->probe)) {
+            th__llm_budget_release(gw, c);
+            th__err(&c->last_err, TH_EUNAVAIL, "", "provider %s: circuit breaker is %s", p->name,
+                    th_llm_breaker_name(p->breaker));
+            continue;
+        }
         c->tries = 0;
         c->state = TH__CALL_QUEUED;
         th__llm_list_push(&p->queue, c);
@@ -316,18 +335,44 @@ static void begin_target(th_llm_gateway *gw, struct th_llm_call *c, int64_t now)
     finish(gw, c, c->last_err.code ? c->last_err.code : TH_EUNAVAIL, &c->last_err);
 }
 
+/* A queued call whose provider can no longer take it (its breaker opened or
+ * it turned unhealthy while the call waited) moves on to the next target. */
+static void reroute(th_llm_gateway *gw, struct th_llm_call *c, int64_t now)
+{
+    th__llm_provider *p = c->p;
+    th__llm_list_remove(&p->queue, c);
+    if (!p->healthy)
+        th__err(&c->last_err, TH_EUNAVAIL, "", "provider %s is unhealthy", p->name);
+    else
+        th__err(&c->last_err, TH_EUNAVAIL, "", "provider %s: circuit breaker is %s", p->name,
+                th_llm_breaker_name(p->breaker));
+    c->ti++;
+    c->state = TH__CALL_INBOX;
+    begin_target(gw, c, now);
+}
+
 static void attempt_start(th_llm_gateway *gw, struct th_llm_call *c, int64_t now);
 
 /* Starts the queued calls of `p` while it has free slots, its rate buckets
- * allow and no Retry-After holds it back. */
+ * allow and no hold keeps it back. Only a breaker probe passes a breaker
+ * that is not closed. */
 static void dispatch(th_llm_gateway *gw, th__llm_provider *p, int64_t now)
 {
     while (p->queue.head && p->in_flight < p->o.max_concurrent) {
+        struct th_llm_call *c = p->queue.head;
+        if (!p->healthy || (p->breaker != TH_BREAKER_CLOSED && !c->probe)) {
+            reroute(gw, c, now);
+            continue;
+        }
         if (now < p->blocked_until_ms)
             return;
-        struct th_llm_call *c = p->queue.head;
+        /* A call larger than the bucket is charged a full bucket now and
+         * the rest of its actual usage after the answer. */
+        double charge = (double)c->est_tokens;
+        if (p->tok_bucket.rate > 0 && charge > th__llm_bucket_cap(&p->tok_bucket))
+            charge = th__llm_bucket_cap(&p->tok_bucket);
         int64_t w1 = bucket_wait(&p->req_bucket, 1, now);
-        int64_t w2 = bucket_wait(&p->tok_bucket, (double)c->est_tokens, now);
+        int64_t w2 = bucket_wait(&p->tok_bucket, charge, now);
         int64_t w = w1 > w2 ? w1 : w2;
         if (w > 0) {
             p->blocked_until_ms = now + w;
@@ -335,8 +380,10 @@ static void dispatch(th_llm_gateway *gw, th__llm_provider *p, int64_t now)
         }
         if (p->req_bucket.rate > 0)
             p->req_bucket.level -= 1;
-        if (p->tok_bucket.rate > 0)
-            p->tok_bucket.level -= (double)c->est_tokens;
+        if (p->tok_bucket.rate > 0) {
+            p->tok_bucket.level -= charge;
+            c->tok_charged = charge;
+        }
         th__llm_list_remove(&p->queue, c);
         p->in_flight++;
         c->holds_slot = 1;
@@ -400,7 +447,7 @@ double th__llm_worst_cost(th_llm_gateway *gw, const struct th_llm_call *c, const
     th__llm_price *pr = th__llm_find_price(gw, model);
     if (!pr)
         return 0;
-    int64_t out = c->req.max_tokens > 0 ? c->req.max_tokens : 1024;
+    int64_t out = c->kind == TH__LLM_EMBED ? 0 : c->req.max_tokens > 0 ? c->req.max_tokens : 1024;
     int64_t in = c->est_tokens > out ? c->est_tokens - out : 0;
     return ((double)in * pr->in_per_m + (double)out * pr->out_per_m) / 1e6;
 }
@@ -417,8 +464,13 @@ static void account(th_llm_gateway *gw, struct th_llm_call *c)
     p->input_tokens += u.input_tokens;
     p->output_tokens += u.output_tokens;
     p->cost_usd += cost;
-    if (p->tok_bucket.rate > 0)
-        p->tok_bucket.level -= (double)(u.input_tokens + u.output_tokens - c->est_tokens);
+    if (p->tok_bucket.rate > 0) {
+        p->tok_bucket.level -= (double)(u.input_tokens + u.output_tokens) - c->tok_charged;
+        c->tok_charged = 0;
+        /* At most a minute of debt, however large one answer was. */
+        if (p->tok_bucket.level < -p->tok_bucket.rate)
+            p->tok_bucket.level = -p->tok_bucket.rate;
+    }
     c->resp.usage = u;
     c->resp.cost_usd = cost;
     th__llm_spend_record(gw, p, c->model, c->req.agent, &u, cost);
@@ -441,6 +493,10 @@ static void attempt_end(th_llm_gateway *gw, struct th_llm_call *c, int rc, int r
         hold = l->requests_reset_ms;
     if (hold < 0 && l->tokens_remaining == 0 && l->tokens_reset_ms > 0)
         hold = l->tokens_reset_ms;
+    /* A provider asking for hours would hold every queued call that long:
+     * no hold lasts longer than the longest backoff. */
+    if (hold > p->o.retry_max_ms)
+        hold = p->o.retry_max_ms;
     if (hold > 0 && now + hold > p->blocked_until_ms)
         p->blocked_until_ms = now + hold;
     if (rc == 0) {
@@ -452,6 +508,7 @@ static void attempt_end(th_llm_gateway *gw, struct th_llm_call *c, int rc, int r
         return;
     }
     p->failures++;
+    refund_tokens(c);
     c->last_err = *err;
     c->last_rc = rc;
     if (c->status == 429) {
@@ -464,8 +521,9 @@ static void attempt_end(th_llm_gateway *gw, struct th_llm_call *c, int rc, int r
         finish(gw, c, TH_ECANCELED, NULL);
     } else if (retriable && !c->streamed && c->tries <= p->o.max_retries) {
         int64_t d = backoff_ms(gw, p, c->tries);
-        if (l->retry_after_ms > d)
-            d = l->retry_after_ms;
+        int64_t ra = l->retry_after_ms > p->o.retry_max_ms ? p->o.retry_max_ms : l->retry_after_ms;
+        if (ra > d)
+            d = ra;
         p->retries++;
         emit(gw, TH_LLM_EV_RETRY, p, c->tries, "attempt %d failed, retrying in %lld ms: %s",
              c->tries, (long long)d, err->message);
@@ -491,7 +549,7 @@ static void on_timer(th_llm_gateway *gw, struct th_llm_call *c, int64_t now)
         if (n) {
             if (!c->first_ns)
                 c->first_ns = th__mono_ns();
-            c->streamed = 1;
+            c->streamed |= c->want_deltas;
             th__llm_call_push_delta(c, c->resp.text + c->mock_off, n);
             c->mock_off += n;
             if (c->resp.text[c->mock_off]) {
@@ -523,11 +581,8 @@ static void transfer_done(th_llm_gateway *gw, struct th_llm_call *c, CURLcode cc
 {
     int retriable = 0, counts = 0;
     th_error err = {0};
-    if (c->stream && th__llm_stream_started(c->stream)) {
-        c->streamed = 1;
-        if (!c->first_ns)
-            c->first_ns = th__mono_ns();
-    }
+    if (c->stream && th__llm_stream_started(c->stream) && !c->first_ns)
+        c->first_ns = th__mono_ns();
     int rc = th__llm_transfer_outcome(c, cc, &retriable, &counts, &err);
     th__llm_transfer_stop(gw, c);
     if (c->kind == TH__LLM_HEALTH) {

@@ -76,6 +76,7 @@ void th__llm_spend_record(th_llm_gateway *gw, const th__llm_provider *p, const c
     s->row.output_tokens += u->output_tokens;
     s->row.cost_usd += cost;
     s->dirty = 1;
+    s->gen++;
 }
 
 /* Splits a scope "agent:NAME" / "key:NAME" / "total" into its kind and name. */
@@ -118,31 +119,67 @@ static void spent(th_llm_gateway *gw, int kind, const char *name, double *today,
     }
 }
 
-static th__llm_budget *budget_for(th_llm_gateway *gw, const char *scope)
+static int budget_index(th_llm_gateway *gw, const char *scope)
 {
     for (size_t i = 0; i < gw->nbudgets; i++)
         if (strcmp(gw->budgets[i].scope, scope) == 0)
-            return &gw->budgets[i];
-    return NULL;
+            return (int)i;
+    return -1;
 }
 
-int th__llm_budget_check(th_llm_gateway *gw, const char *scope, double worst, th_error *err)
+int th__llm_budget_reserve(th_llm_gateway *gw, struct th_llm_call *c, const th__llm_provider *p,
+                           double worst, th_error *err)
 {
-    th__llm_budget *b = budget_for(gw, scope);
-    if (!b)
-        return 0;
-    int kind;
-    const char *name;
-    parse_scope(scope, &kind, &name);
-    double today, month;
-    spent(gw, kind, name, &today, &month);
-    if (b->daily_usd > 0 && today + worst > b->daily_usd)
-        return th__err(err, TH_EBUDGET, "", "%s: daily budget of %.4f USD reached (spent %.4f)",
-                       scope, b->daily_usd, today);
-    if (b->monthly_usd > 0 && month + worst > b->monthly_usd)
-        return th__err(err, TH_EBUDGET, "", "%s: monthly budget of %.4f USD reached (spent %.4f)",
-                       scope, b->monthly_usd, month);
+    char scopes[3][80];
+    snprintf(scopes[0], sizeof scopes[0], "agent:%s", c->req.agent ? c->req.agent : "");
+    snprintf(scopes[1], sizeof scopes[1], "key:%s", p->key_name);
+    snprintf(scopes[2], sizeof scopes[2], "total");
+    int idx[3];
+    for (int i = 0; i < 3; i++) {
+        idx[i] = i == 0 && !c->req.agent ? -1 : budget_index(gw, scopes[i]);
+        if (idx[i] < 0)
+            continue;
+        th__llm_budget *b = &gw->budgets[idx[i]];
+        int kind;
+        const char *name;
+        parse_scope(scopes[i], &kind, &name);
+        double today, month;
+        spent(gw, kind, name, &today, &month);
+        /* Calls admitted and not yet ended count with their worst case, so
+         * many concurrent calls cannot each pass against the same rest. */
+        double held = b->reserved_usd + worst;
+        if (b->daily_usd > 0 && today + held > b->daily_usd)
+            return th__err(err, TH_EBUDGET, "",
+                           "%s: daily budget of %.4f USD reached (spent %.4f, %.4f held by calls "
+                           "in flight)",
+                           scopes[i], b->daily_usd, today, b->reserved_usd);
+        if (b->monthly_usd > 0 && month + held > b->monthly_usd)
+            return th__err(err, TH_EBUDGET, "",
+                           "%s: monthly budget of %.4f USD reached (spent %.4f, %.4f held by "
+                           "calls in flight)",
+                           scopes[i], b->monthly_usd, month, b->reserved_usd);
+    }
+    for (int i = 0; i < 3; i++) {
+        c->rsv[i] = idx[i];
+        if (idx[i] >= 0)
+            gw->budgets[idx[i]].reserved_usd += worst;
+    }
+    c->reserved_usd = worst;
     return 0;
+}
+
+void th__llm_budget_release(th_llm_gateway *gw, struct th_llm_call *c)
+{
+    for (int i = 0; i < 3; i++) {
+        if (c->rsv[i] < 0)
+            continue;
+        th__llm_budget *b = &gw->budgets[c->rsv[i]];
+        b->reserved_usd -= c->reserved_usd;
+        if (b->reserved_usd < 1e-12)
+            b->reserved_usd = 0;
+        c->rsv[i] = -1;
+    }
+    c->reserved_usd = 0;
 }
 
 int th_llm_set_budget(th_llm_gateway *gw, const char *scope, double daily_usd, double monthly_usd)
@@ -153,7 +190,8 @@ int th_llm_set_budget(th_llm_gateway *gw, const char *scope, double daily_usd, d
         return TH_EINVAL;
     int rc = 0;
     pthread_mutex_lock(&gw->mu);
-    th__llm_budget *b = budget_for(gw, scope);
+    int at = budget_index(gw, scope);
+    th__llm_budget *b = at >= 0 ? &gw->budgets[at] : NULL;
     if (!b) {
         th__llm_budget *n = th__realloc(gw->budgets, (gw->nbudgets + 1) * sizeof *n);
         if (!n) {
@@ -162,6 +200,7 @@ int th_llm_set_budget(th_llm_gateway *gw, const char *scope, double daily_usd, d
         }
         gw->budgets = n;
         b = &gw->budgets[gw->nbudgets++];
+        memset(b, 0, sizeof *b);
         copy(b->scope, sizeof b->scope, scope);
     }
     b->daily_usd = daily_usd;
@@ -227,42 +266,62 @@ static const char *UPSERT = "INSERT INTO llm_spend VALUES (?1, ?2, ?3, ?4, ?5, ?
                             " ON CONFLICT (day, provider, model, agent, key) DO UPDATE SET"
                             " requests = ?6, input_tokens = ?7, output_tokens = ?8, cost_usd = ?9";
 
-/* Writes the rows changed since the last pass. */
+/* Writes the rows changed since the last pass. A row is marked clean only
+ * when the generation saved is still its latest and the commit succeeded;
+ * otherwise the next pass writes it again. */
 static void flush(th_llm_gateway *gw)
 {
     pthread_mutex_lock(&gw->mu);
-    size_t k = 0;
-    th_llm_spend_row *rows = th__malloc((gw->nspend ? gw->nspend : 1) * sizeof *rows);
-    for (size_t i = 0; rows && i < gw->nspend; i++)
+    size_t k = 0, n = gw->nspend;
+    th_llm_spend_row *rows = th__malloc((n ? n : 1) * sizeof *rows);
+    size_t *at = th__malloc((n ? n : 1) * sizeof *at);
+    uint64_t *gen = th__malloc((n ? n : 1) * sizeof *gen);
+    for (size_t i = 0; rows && at && gen && i < n; i++)
         if (gw->spend[i].dirty) {
-            rows[k++] = gw->spend[i].row;
-            gw->spend[i].dirty = 0;
+            rows[k] = gw->spend[i].row;
+            gen[k] = gw->spend[i].gen;
+            at[k++] = i;
         }
     pthread_mutex_unlock(&gw->mu);
-    if (!rows)
-        return;
+    int ok = k > 0 && rows && at && gen;
     sqlite3_stmt *st = NULL;
-    if (k && sqlite3_exec(gw->usage_db, "BEGIN", NULL, NULL, NULL) == SQLITE_OK) {
-        if (sqlite3_prepare_v2(gw->usage_db, UPSERT, -1, &st, NULL) == SQLITE_OK) {
-            for (size_t i = 0; i < k; i++) {
-                const th_llm_spend_row *r = &rows[i];
-                sqlite3_bind_text(st, 1, r->day, -1, SQLITE_STATIC);
-                sqlite3_bind_text(st, 2, r->provider, -1, SQLITE_STATIC);
-                sqlite3_bind_text(st, 3, r->model, -1, SQLITE_STATIC);
-                sqlite3_bind_text(st, 4, r->agent, -1, SQLITE_STATIC);
-                sqlite3_bind_text(st, 5, r->key, -1, SQLITE_STATIC);
-                sqlite3_bind_int64(st, 6, (sqlite3_int64)r->requests);
-                sqlite3_bind_int64(st, 7, r->input_tokens);
-                sqlite3_bind_int64(st, 8, r->output_tokens);
-                sqlite3_bind_double(st, 9, r->cost_usd);
-                sqlite3_step(st);
-                sqlite3_reset(st);
-            }
-            sqlite3_finalize(st);
+    if (ok && sqlite3_exec(gw->usage_db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+        ok = 0;
+    else if (ok) {
+        if (sqlite3_prepare_v2(gw->usage_db, UPSERT, -1, &st, NULL) != SQLITE_OK)
+            ok = 0;
+        for (size_t i = 0; ok && i < k; i++) {
+            const th_llm_spend_row *r = &rows[i];
+            sqlite3_bind_text(st, 1, r->day, -1, SQLITE_STATIC);
+            sqlite3_bind_text(st, 2, r->provider, -1, SQLITE_STATIC);
+            sqlite3_bind_text(st, 3, r->model, -1, SQLITE_STATIC);
+            sqlite3_bind_text(st, 4, r->agent, -1, SQLITE_STATIC);
+            sqlite3_bind_text(st, 5, r->key, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(st, 6, (sqlite3_int64)r->requests);
+            sqlite3_bind_int64(st, 7, r->input_tokens);
+            sqlite3_bind_int64(st, 8, r->output_tokens);
+            sqlite3_bind_double(st, 9, r->cost_usd);
+            ok = sqlite3_step(st) == SQLITE_DONE;
+            sqlite3_reset(st);
         }
-        sqlite3_exec(gw->usage_db, "COMMIT", NULL, NULL, NULL);
+        sqlite3_finalize(st);
+        if (!ok || sqlite3_exec(gw->usage_db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+            sqlite3_exec(gw->usage_db, "ROLLBACK", NULL, NULL, NULL);
+            ok = 0;
+        }
+    }
+    if (ok) {
+        pthread_mutex_lock(&gw->mu);
+        for (size_t i = 0; i < k; i++)
+            if (gw->spend[at[i]].gen == gen[i])
+                gw->spend[at[i]].dirty = 0;
+        pthread_mutex_unlock(&gw->mu);
+    } else if (k) {
+        th__err(&gw->spend_err, TH_EIO, "usage_path", "%s", sqlite3_errmsg(gw->usage_db));
     }
     th__free(rows);
+    th__free(at);
+    th__free(gen);
 }
 
 static void *writer(void *arg)
@@ -287,6 +346,7 @@ int th__llm_spend_open(th_llm_gateway *gw, const char *path, th_error *err)
     if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) != SQLITE_OK ||
         sqlite3_exec(db, "PRAGMA journal_mode=WAL", NULL, NULL, NULL) != SQLITE_OK ||
         sqlite3_exec(db, "PRAGMA synchronous=NORMAL", NULL, NULL, NULL) != SQLITE_OK ||
+        sqlite3_busy_timeout(db, 5000) != SQLITE_OK ||
         sqlite3_exec(db, SCHEMA, NULL, NULL, NULL) != SQLITE_OK ||
         sqlite3_prepare_v2(db, "SELECT * FROM llm_spend", -1, &st, NULL) != SQLITE_OK) {
         th__err(err, TH_EIO, "usage_path", "%s: %s", path, db ? sqlite3_errmsg(db) : "cannot open");

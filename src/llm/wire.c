@@ -7,6 +7,7 @@
 
 #include <ctype.h>
 #include <curl/curl.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -121,8 +122,11 @@ void th__llm_http_free(th__llm_http *h)
         return;
     th__free(h->url);
     if (h->headers) {
-        for (char **p = h->headers; *p; p++)
+        /* Header lines may carry an API key: wipe them. */
+        for (char **p = h->headers; *p; p++) {
+            sodium_memzero(*p, strlen(*p));
             th__free(*p);
+        }
         th__free(h->headers);
     }
     th__free(h->body);
@@ -565,6 +569,8 @@ static int64_t parse_duration(const char *s)
         }
         any = 1;
     }
+    if (total > (double)TH__LLM_WAIT_MAX_MS)
+        total = (double)TH__LLM_WAIT_MAX_MS;
     return any ? (int64_t)(total + 0.5) : -1;
 }
 
@@ -615,7 +621,9 @@ static int64_t until(int64_t at_ms, int64_t now_ms)
 {
     if (at_ms < 0)
         return -1;
-    return at_ms > now_ms ? at_ms - now_ms : 0;
+    if (at_ms <= now_ms)
+        return 0;
+    return at_ms - now_ms > TH__LLM_WAIT_MAX_MS ? TH__LLM_WAIT_MAX_MS : at_ms - now_ms;
 }
 
 void th__llm_limits_header(th__llm_limits *l, const char *line, size_t len, int64_t now_ms)
@@ -645,12 +653,14 @@ void th__llm_limits_header(th__llm_limits *l, const char *line, size_t len, int6
         char *e;
         double ms = strtod(value, &e);
         if (e != value && ms >= 0)
-            l->retry_after_ms = (int64_t)ms;
+            l->retry_after_ms =
+                ms > (double)TH__LLM_WAIT_MAX_MS ? TH__LLM_WAIT_MAX_MS : (int64_t)ms;
     } else if (!strcmp(name, "retry-after")) {
         char *e;
         double sec = strtod(value, &e);
         if (e != value && *e == '\0' && sec >= 0) {
-            l->retry_after_ms = (int64_t)(sec * 1000);
+            l->retry_after_ms = sec * 1000 > (double)TH__LLM_WAIT_MAX_MS ? TH__LLM_WAIT_MAX_MS
+                                                                         : (int64_t)(sec * 1000);
         } else {
             time_t t = curl_getdate(value, NULL);
             if (t != (time_t)-1)

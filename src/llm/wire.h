@@ -111,6 +111,10 @@ int th__llm_health_http(th_llm_format f, const char *base_url, const char *api_k
 
 /* ---- rate-limit headers ------------------------------------------------- */
 
+/* The longest wait a header may ask for (a day); larger values, and dates
+ * further away, are clamped to it, so no arithmetic on them overflows. */
+#define TH__LLM_WAIT_MAX_MS ((int64_t)86400000)
+
 /* What the provider's response headers say about when to try again. */
 typedef struct th__llm_limits {
     int64_t retry_after_ms;     /* Retry-After (seconds or HTTP date) or retry-after-ms; -1 none */

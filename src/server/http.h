@@ -15,6 +15,7 @@
 #include <stdatomic.h>
 
 #include "server/config.h"
+#include "taskhive/agent.h"
 #include "taskhive/taskhive.h"
 
 /* One event kept for Server-Sent Events and Last-Event-ID resume. */
@@ -61,7 +62,12 @@ typedef struct th__server {
     struct event *drained; /* the drain thread is done */
     th_supervisor *sv;     /* services.c; NULL without [service.*] */
     th_llm_gateway *gw;    /* llm.c */
+    struct th__keys *keys; /* keys.c; opened at start or on first use */
     char default_provider[64];
+    th_tools *tools; /* agents.c */
+    th_agents *agents;
+    th_memory *memory;
+    th_agent_env agent_env;
     int sv_sub;
     pthread_t drainer;
     int has_drainer;

@@ -14,11 +14,17 @@
  */
 #include "server/llm.h"
 
+#include <errno.h>
+#include <sodium.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "core/alloc.h"
+#include "server/keys.h"
 #include "server/log.h"
 
 /* A restart of a local provider's service, off the gateway thread. */
@@ -26,6 +32,10 @@ typedef struct restart_job {
     th_supervisor *sv;
     char name[128];
 } restart_job;
+
+/* Restart threads still running; th__llm_stop waits for them, so none
+ * outlives the supervisor. */
+static atomic_int restarts_running;
 
 static void *restart_main(void *arg)
 {
@@ -38,6 +48,7 @@ static void *restart_main(void *arg)
         th__log(TH_LOG_WARN, "llm", json_pack("{s:s}", "service", j->name),
                 "restarted the provider's service after failed health checks");
     th__free(j);
+    atomic_fetch_sub(&restarts_running, 1);
     return NULL;
 }
 
@@ -65,10 +76,13 @@ static void on_llm_event(const th_llm_event *ev, void *ud)
             return;
         j->sv = sv;
         snprintf(j->name, sizeof j->name, "%s", p->restart_service);
-        if (pthread_create(&t, NULL, restart_main, j) == 0)
+        atomic_fetch_add(&restarts_running, 1);
+        if (pthread_create(&t, NULL, restart_main, j) == 0) {
             pthread_detach(t);
-        else
+        } else {
+            atomic_fetch_sub(&restarts_running, 1);
             th__free(j);
+        }
     }
 }
 
@@ -80,6 +94,19 @@ static int add(th__server *s, th_llm_provider_options *o, char *err, size_t errl
         return -1;
     }
     return 0;
+}
+
+/* The key store, opened on first use. NULL with `err`. */
+static th__keys *keys(th__server *s, char *err, size_t errlen)
+{
+    if (!s->keys) {
+        if (mkdir(s->cfg.data_dir, 0700) != 0 && errno != EEXIST) {
+            snprintf(err, errlen, "cannot create %s: %s", s->cfg.data_dir, strerror(errno));
+            return NULL;
+        }
+        s->keys = th__keys_open(s->cfg.data_dir, err, errlen);
+    }
+    return s->keys;
 }
 
 int th__llm_start(th__server *s, char *err, size_t errlen)
@@ -114,7 +141,27 @@ int th__llm_start(th__server *s, char *err, size_t errlen)
             }
             o.api_key = k;
         }
-        if (add(s, &o, err, errlen))
+        char *stored = NULL;
+        if (p->api_key_store) {
+            char kerr[300];
+            th__keys *ks = keys(s, kerr, sizeof kerr);
+            int rc = ks ? th__keys_get(ks, p->api_key_store, &stored) : TH_EIO;
+            if (rc != 0) {
+                snprintf(err, errlen, "[provider.%s] api_key_store: %s", p->name,
+                         !ks                  ? kerr
+                         : rc == TH_ENOTFOUND ? "no such key (taskhive keys set NAME)"
+                         : rc == TH_ECORRUPT  ? "cannot be decrypted with this master key"
+                                              : "cannot read the key store");
+                return -1;
+            }
+            o.api_key = stored;
+        }
+        int rc = add(s, &o, err, errlen);
+        if (stored) {
+            sodium_memzero(stored, strlen(stored));
+            th__free(stored);
+        }
+        if (rc)
             return -1;
         has_mock |= strcmp(p->name, "mock") == 0;
         char scope[80];
@@ -179,6 +226,12 @@ void th__llm_stop(th__server *s)
 {
     th_llm_gateway_free(s->gw);
     s->gw = NULL;
+    /* No new restart starts once the gateway is gone; wait for those
+     * running (bounded by the supervisor's own stop timeouts). */
+    while (atomic_load(&restarts_running) > 0)
+        usleep(10000);
+    th__keys_free(s->keys);
+    s->keys = NULL;
 }
 
 /* ---- routes ---------------------------------------------------------------- */
@@ -262,8 +315,116 @@ static void spend(th__req *q)
                              "month_usd", month));
 }
 
+/* The providers whose key is stored under `name`, as a JSON array. */
+static json_t *users(th__server *s, const char *name)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; i < s->cfg.llm.nproviders; i++) {
+        const th__provider_conf *p = &s->cfg.llm.providers[i];
+        if (p->api_key_store && strcmp(p->api_key_store, name) == 0)
+            json_array_append_new(a, json_string(p->name));
+    }
+    return a;
+}
+
+static void keys_route(th__req *q, enum evhttp_cmd_type method)
+{
+    char err[300];
+    th__keys *k = keys(q->s, err, sizeof err);
+    if (!k) {
+        th__reply_error(q, 500, "EIO", "", "key store: %s", err);
+        return;
+    }
+    if (q->nseg == 2) {
+        if (method != EVHTTP_REQ_GET) {
+            th__reply_method(q, "GET");
+            return;
+        }
+        json_t *list = th__keys_list(k);
+        size_t i;
+        json_t *row;
+        json_array_foreach(list, i, row)
+        {
+            json_object_set_new(row, "providers",
+                                users(q->s, json_string_value(json_object_get(row, "name"))));
+        }
+        th__reply_json(q, 200, json_pack("{s:o}", "keys", list));
+        return;
+    }
+    const char *name = q->seg[2];
+    if (method == EVHTTP_REQ_DELETE) {
+        json_t *u = users(q->s, name);
+        if (json_array_size(u)) {
+            th__reply_error(q, 409, "EBUSY", "name", "key %s is used by provider %s", name,
+                            json_string_value(json_array_get(u, 0)));
+            json_decref(u);
+            return;
+        }
+        json_decref(u);
+        int rc = th__keys_delete(k, name);
+        if (rc == TH_ENOTFOUND)
+            th__reply_error(q, 404, "ENOTFOUND", "name", "no key %s", name);
+        else if (rc)
+            th__reply_error(q, 500, "EIO", "", "cannot delete key %s", name);
+        else
+            th__reply_json(q, 200, json_pack("{s:s,s:b}", "name", name, "deleted", 1));
+        return;
+    }
+    if (method != EVHTTP_REQ_PUT) {
+        th__reply_method(q, "PUT, DELETE");
+        return;
+    }
+    json_t *body = th__req_body(q, 64 * 1024);
+    if (!body)
+        return;
+    static const char *const fields[] = {"value", NULL};
+    json_t *v = json_object_get(body, "value");
+    if (th__req_known_fields(q, body, fields, "") != 0) {
+        json_decref(body);
+        return;
+    }
+    int printable = json_is_string(v) && json_string_length(v) > 0 && json_string_length(v) <= 4096;
+    for (size_t i = 0; printable && i < json_string_length(v); i++) {
+        unsigned char ch = (unsigned char)json_string_value(v)[i];
+        printable = ch > 0x20 && ch < 0x7f; /* no spaces, CR, LF or NUL in a header */
+    }
+    if (!printable) {
+        json_decref(body);
+        th__reply_error(q, 400, "EINVAL", "value",
+                        "must be 1 to 4096 printable ASCII characters without spaces");
+        return;
+    }
+    int existed = 0;
+    int rc = th__keys_put(k, name, json_string_value(v), &existed);
+    json_t *u = users(q->s, name);
+    size_t i;
+    json_t *pn;
+    /* Rotation: every provider using this key sends the new one from now. */
+    json_array_foreach(u, i, pn)
+    {
+        if (rc == 0)
+            th_llm_set_api_key(q->s->gw, json_string_value(pn), json_string_value(v));
+    }
+    sodium_memzero((void *)json_string_value(v), json_string_length(v));
+    json_decref(body);
+    if (rc) {
+        json_decref(u);
+        th__reply_error(q, 500, "EIO", "", "cannot store key %s", name);
+        return;
+    }
+    th__log(TH_LOG_INFO, "keys", json_pack("{s:s,s:b}", "name", name, "rotated", existed),
+            "key stored");
+    th__reply_json(q, existed ? 200 : 201,
+                   json_pack("{s:s,s:b,s:o}", "name", name, "rotated", existed, "providers", u));
+}
+
 int th__route_llm(th__req *q, enum evhttp_cmd_type method)
 {
+    if (SEG(1, "keys") && q->nseg <= 3) {
+        if (th__req_allow(q, TH_SCOPE_ADMIN))
+            keys_route(q, method);
+        return 1;
+    }
     int get = method == EVHTTP_REQ_GET || method == EVHTTP_REQ_HEAD;
     if (SEG(1, "providers") && q->nseg <= 3) {
         if (!get) {

@@ -12,6 +12,7 @@
 
 #include "core/alloc.h"
 #include "server/config_values.h"
+#include "taskhive/agent.h"
 
 static int keep(char **slot, const char *v)
 {
@@ -106,6 +107,7 @@ static int provider_key(th__provider_conf *p, const char *k, const char *v, char
                  : strcmp(k, "model") == 0             ? &p->model
                  : strcmp(k, "embed_model") == 0       ? &p->embed_model
                  : strcmp(k, "api_key_env") == 0       ? &p->api_key_env
+                 : strcmp(k, "api_key_store") == 0     ? &p->api_key_store
                  : strcmp(k, "key_name") == 0          ? &p->key_name
                  : strcmp(k, "anthropic_version") == 0 ? &p->anthropic_version
                  : strcmp(k, "restart_service") == 0   ? &p->restart_service
@@ -119,7 +121,9 @@ static int provider_key(th__provider_conf *p, const char *k, const char *v, char
         return keep(str, v) ? BAD("out of memory") : 1;
     }
     if (strcmp(k, "api_key") == 0)
-        return BAD("api_key: keys do not belong in the file; set api_key_env = VARIABLE%s", "");
+        return BAD("api_key: keys do not belong in the file; set api_key_env = VARIABLE or "
+                   "api_key_store = NAME (taskhive keys set NAME)%s",
+                   "");
     struct {
         const char *key;
         long min, max;
@@ -276,12 +280,46 @@ int th__llm_config_finish(th__llm_conf *c, char *err, size_t errlen)
                      p->name);
             return -1;
         }
+        if (p->api_key_env && p->api_key_store) {
+            snprintf(err, errlen, "[provider.%s]: api_key_env and api_key_store exclude each other",
+                     p->name);
+            return -1;
+        }
         p->o.name = p->name;
         p->o.base_url = p->base_url;
         p->o.model = p->model;
         p->o.embed_model = p->embed_model;
         p->o.key_name = p->key_name;
         p->o.anthropic_version = p->anthropic_version;
+    }
+    /* Agent keys are checked now, so --check-config catches them; the
+     * definitions are made when the daemon starts (agents.c). */
+    for (size_t i = 0; i < c->nagents; i++) {
+        th_agent_def *d = th_agent_def_new();
+        th_error e = {0};
+        int bad = !d;
+        for (size_t k = 0; !bad && k < c->agents[i].nkv; k++) {
+            const char *key = c->agents[i].kv[k].key, *v = c->agents[i].kv[k].value;
+            double x;
+            if (strcmp(key, "budget_daily") == 0 || strcmp(key, "budget_monthly") == 0) {
+                if (th__parse_double(v, 0, 1e9, &x)) {
+                    snprintf(e.field, sizeof e.field, "%s", key);
+                    snprintf(e.message, sizeof e.message, "'%s' must be a number of USD", v);
+                    bad = 1;
+                }
+            } else if (strcmp(key, "name") == 0) {
+                snprintf(e.field, sizeof e.field, "name");
+                snprintf(e.message, sizeof e.message, "comes from the section: [agent.NAME]");
+                bad = 1;
+            } else {
+                bad = th_agent_def_set(d, key, v, &e) != 0;
+            }
+        }
+        th_agent_def_free(d);
+        if (bad) {
+            snprintf(err, errlen, "[agent.%s] %s: %s", c->agents[i].name, e.field, e.message);
+            return -1;
+        }
     }
     if (c->default_provider) {
         int found = strcmp(c->default_provider, "mock") == 0;
@@ -304,6 +342,7 @@ void th__llm_config_free(th__llm_conf *c)
         th__free(p->model);
         th__free(p->embed_model);
         th__free(p->api_key_env);
+        th__free(p->api_key_store);
         th__free(p->key_name);
         th__free(p->anthropic_version);
         th__free(p->restart_service);

@@ -18,6 +18,7 @@ typedef struct th__provider_conf {
     char name[64];
     th_llm_provider_options o; /* strings point at the fields below */
     char *base_url, *model, *embed_model, *api_key_env, *key_name, *anthropic_version;
+    char *api_key_store;   /* a key of the daemon's key store (keys.c) */
     char *restart_service; /* a [service.NAME] restarted when the provider turns unhealthy */
     double budget_daily, budget_monthly;
 } th__provider_conf;

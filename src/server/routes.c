@@ -7,6 +7,8 @@
 #include <string.h>
 
 #include "core/alloc.h"
+#include "core/clock.h"
+#include "server/agents.h"
 #include "server/http.h"
 #include "server/llm.h"
 #include "server/services.h"
@@ -153,9 +155,16 @@ static void get_task(th__req *q, const char *id, const char *what)
         th__reply_error(q, 409, "ESTATE", "state", "task %s is %s, not completed", id,
                         th_task_state_name(t->state));
     } else {
-        th__reply_json(
-            q, 200,
-            json_pack("{s:s,s:o}", "state", "completed", "result", th__json_raw(t->result)));
+        /* A result that states a confidence also gets it decayed by the
+         * result's age ([llm] confidence_half_life). */
+        char *decayed = NULL;
+        int64_t half = q->s->cfg.llm.half_life_ms;
+        if (half > 0 && t->result)
+            th_agent_result_decay(t->result, th__wall_ms() - t->finished_at, half, &decayed);
+        th__reply_json(q, 200,
+                       json_pack("{s:s,s:o}", "state", "completed", "result",
+                                 th__json_raw(decayed ? decayed : t->result)));
+        th_agent_free(decayed);
     }
     th_task_free(t);
 }
@@ -718,6 +727,9 @@ void th__route_dispatch(th__req *q, enum evhttp_cmd_type method)
             th__reply_json(q, 200, stats_json(s));
         return;
     } else if (th__route_llm(q, method)) {
+        return;
+    } else if (SEG(1, "agents") && q->nseg <= 3) {
+        th__route_agents(q, method);
         return;
     } else if (SEG(1, "events") && q->nseg == 2) {
         {

@@ -25,6 +25,7 @@
 
 #include "core/alloc.h"
 #include "core/clock.h"
+#include "server/agents.h"
 #include "server/exec.h"
 #include "server/http.h"
 #include "server/llm.h"
@@ -167,6 +168,10 @@ static th_pool *start_pool(th__server *s, char *err, size_t errlen)
     th_pool *p = th_pool_new(s->engine, &s->cfg.pool, &e);
     if (!p || th_pool_register_builtins(p, &e))
         goto fail;
+    if (th__agents_register(s, p, err, errlen) != 0) {
+        th_pool_free(p);
+        return NULL;
+    }
     for (size_t i = 0; i < s->cfg.nhandlers; i++)
         if (th_pool_set_config(p, s->cfg.handlers[i].key, s->cfg.handlers[i].value, &e))
             goto fail;
@@ -250,7 +255,7 @@ int th__server_main(int argc, char **argv)
         fprintf(stderr, "taskhive: cannot subscribe to engine events\n");
         goto out;
     }
-    if (th__llm_start(s, err, sizeof err) != 0) {
+    if (th__llm_start(s, err, sizeof err) != 0 || th__agents_start(s, err, sizeof err) != 0) {
         fprintf(stderr, "taskhive: %s\n", err);
         goto out;
     }
@@ -330,6 +335,7 @@ out:
     th__conn_free_all(s);
     if (s->pool)
         th_pool_free(s->pool);
+    th__agents_stop(s);
     th__llm_stop(s);
     th__services_free(s);
     if (s->engine)

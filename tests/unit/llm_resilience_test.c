@@ -11,7 +11,9 @@
  *     successful probes, open again when a probe fails;
  *   - fallback to the next target, and its event;
  *   - concurrency limits with a wait queue, a full queue refused with
- *     TH_EBUSY, request-rate buckets;
+ *     TH_EBUSY, request-rate buckets, the providers' rate-limit headers
+ *     (x-ratelimit-*, anthropic-ratelimit-*) holding calls back, token
+ *     buckets charged with actual usage;
  *   - cancellation of hung and queued calls (the connection is closed);
  *   - health checks: unhealthy after N failed checks (calls refused), healthy
  *     again when the checks pass;
@@ -41,6 +43,7 @@ static void test_retry_statuses(void **state)
     gw_events ev;
     th_llm_gateway *gw = gw_new(&ev);
     th_llm_provider_options o = gw_opts("oa", TH_LLM_OPENAI, f);
+    o.retry_max_ms = 1000; /* holds and Retry-After waits are capped by it */
     gw_add(gw, &o);
     gw_req q;
     gw_req_init(&q, "hi", "oa", NULL);
@@ -104,6 +107,12 @@ static void test_retry_statuses(void **state)
     fakellm_free(f);
 }
 
+static void count_delta(const char *t, size_t n, void *ud)
+{
+    (void)t;
+    *(size_t *)ud += n;
+}
+
 static void test_timeout_and_cut_stream(void **state)
 {
     (void)state;
@@ -135,12 +144,24 @@ static void test_timeout_and_cut_stream(void **state)
 
     /* A stream cut after text reached the caller (message_start,
      * content_block_start, ping, then a text delta): not retried. */
+    size_t seen = 0;
     q.r.stream = 1;
+    q.r.on_delta = count_delta;
+    q.r.ud = &seen;
     rep = (fakellm_reply){.kind = FAKE_CUT, .cut_after = 4, .chunks = 4};
     fakellm_push(f, &rep);
     size_t before = fakellm_count_path(f, "/v1/messages");
     assert_int_equal(th_llm_chat(gw, &q.r, &r, &err), TH_EUPSTREAM);
     assert_int_equal(fakellm_count_path(f, "/v1/messages"), before + 1);
+    assert_true(seen > 0);
+    /* The same cut with nobody reading the deltas: nothing was delivered,
+     * so it is retried, and the retry succeeds. */
+    q.r.on_delta = NULL;
+    fakellm_push(f, &rep);
+    assert_int_equal(th_llm_chat(gw, &q.r, &r, &err), 0);
+    assert_int_equal(r.attempts, 2);
+    th_llm_response_free(&r);
+    q.r.on_delta = count_delta;
     /* Cut before any text: retried, and the retry succeeds. */
     rep = (fakellm_reply){.kind = FAKE_CUT, .cut_after = 1, .chunks = 4};
     fakellm_push(f, &rep);
@@ -246,6 +267,10 @@ static void test_fallback(void **state)
     fakellm_free(f);
 }
 
+/* Calls queued behind a provider whose breaker opens go to the next
+ * target instead of to the failing provider. */
+static void test_breaker_reroutes_queued(void **state);
+
 typedef struct counter {
     pthread_mutex_t mu;
     int done, ok, busy;
@@ -305,6 +330,43 @@ static void test_concurrency_and_queue(void **state)
     fakellm_free(f);
 }
 
+static void test_breaker_reroutes_queued(void **state)
+{
+    (void)state;
+    fakellm *f = fakellm_start();
+    th_llm_gateway *gw = gw_new(NULL);
+    th_llm_provider_options o = gw_opts("flaky", TH_LLM_OPENAI, f);
+    o.max_concurrent = 1;
+    o.max_retries = 0;
+    o.breaker_failures = 1;
+    o.breaker_cooldown_ms = 60000;
+    gw_add(gw, &o);
+    o = gw_opts("backup", TH_LLM_MOCK, NULL);
+    gw_add(gw, &o);
+    fakellm_reply rep = {.kind = FAKE_STATUS, .status = 500, .delay_ms = 150};
+    fakellm_set_default(f, &rep);
+    gw_req q;
+    gw_req_init(&q, "hi", "flaky", "backup");
+    counter k = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    th_llm_call *calls[4];
+    th_error err;
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(th_llm_start(gw, &q.r, count_done, &k, &calls[i], &err), 0);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(th_llm_call_wait(calls[i], 10000), 0);
+        th_llm_response r;
+        assert_int_equal(th_llm_call_result(calls[i], &r, &err), 0);
+        assert_string_equal(r.provider, "backup");
+        th_llm_response_free(&r);
+        th_llm_call_free(calls[i]);
+    }
+    /* Only the first call reached the failing provider. */
+    assert_int_equal(fakellm_count_path(f, "/v1/chat/completions"), 1);
+    assert_int_equal(gw_status(gw, "flaky").breaker, TH_BREAKER_OPEN);
+    th_llm_gateway_free(gw);
+    fakellm_free(f);
+}
+
 static void test_rate_bucket(void **state)
 {
     (void)state;
@@ -329,6 +391,86 @@ static void test_rate_bucket(void **state)
     assert_true(mono_ms() - t0 >= 400);
     assert_int_equal(k.ok, 15);
     th_llm_gateway_free(gw);
+}
+
+/* A provider that says its request window is spent holds back the next
+ * call until the window resets; the token bucket spaces calls by their
+ * estimated size. */
+static void test_rate_headers_and_tokens(void **state)
+{
+    (void)state;
+    fakellm *f = fakellm_start();
+    th_llm_gateway *gw = gw_new(NULL);
+    th_llm_provider_options o = gw_opts("oa", TH_LLM_OPENAI, f);
+    o.retry_max_ms = 2000;
+    gw_add(gw, &o);
+    gw_req q;
+    gw_req_init(&q, "hi", "oa", NULL);
+    th_llm_response r;
+    th_error err;
+    fakellm_reply rep = {.kind = FAKE_OK};
+    rep.headers[0] = "x-ratelimit-remaining-requests: 0";
+    rep.headers[1] = "x-ratelimit-reset-requests: 300ms";
+    fakellm_push(f, &rep);
+    assert_int_equal(th_llm_chat(gw, &q.r, &r, &err), 0);
+    th_llm_response_free(&r);
+    int64_t t0 = mono_ms();
+    assert_int_equal(th_llm_chat(gw, &q.r, &r, &err), 0);
+    assert_true(mono_ms() - t0 >= 250);
+    assert_int_equal(r.attempts, 1);
+    th_llm_response_free(&r);
+
+    /* Anthropic's headers: the same hold. */
+    o = gw_opts("an", TH_LLM_ANTHROPIC, f);
+    o.retry_max_ms = 2000;
+    gw_add(gw, &o);
+    gw_req_init(&q, "hi", "an", NULL);
+    rep = (fakellm_reply){.kind = FAKE_OK};
+    rep.headers[0] = "anthropic-ratelimit-tokens-remaining: 0";
+    rep.headers[1] = "retry-after: 1";
+    fakellm_push(f, &rep);
+    assert_int_equal(th_llm_chat(gw, &q.r, &r, &err), 0);
+    th_llm_response_free(&r);
+    t0 = mono_ms();
+    assert_int_equal(th_llm_chat(gw, &q.r, &r, &err), 0);
+    assert_true(mono_ms() - t0 >= 900);
+    th_llm_response_free(&r);
+
+    /* A provider asking for 12 hours holds calls no longer than the
+     * longest backoff (2 s here), so the call is not stuck. */
+    rep = (fakellm_reply){.kind = FAKE_STATUS, .status = 429};
+    rep.headers[0] = "retry-after: 43200";
+    fakellm_push(f, &rep);
+    gw_req_init(&q, "hi", "oa", NULL);
+    t0 = mono_ms();
+    assert_int_equal(th_llm_chat(gw, &q.r, &r, &err), 0);
+    assert_int_equal(r.attempts, 2);
+    assert_true(mono_ms() - t0 < 10000);
+    th_llm_response_free(&r);
+
+    /* 60,000 tokens a minute: at most 1,000 held, 1,000 a second more. Each
+     * call uses about 400 tokens (the mock echoes 200 words), charged after
+     * the answer: before the sixth call starts, five have used ~2,000, so
+     * the bucket must have refilled ~1,000 tokens: a second at least. */
+    o = gw_opts("m", TH_LLM_MOCK, NULL);
+    o.tokens_per_min = 60000;
+    gw_add(gw, &o);
+    char words[401];
+    for (int i = 0; i < 200; i++)
+        memcpy(words + 2 * i, "w ", 2);
+    words[400] = '\0';
+    gw_req_init(&q, words, "m", NULL);
+    t0 = mono_ms();
+    int64_t used = 0;
+    for (int i = 0; i < 6; i++) {
+        assert_int_equal(th_llm_chat(gw, &q.r, &r, &err), 0);
+        used += r.usage.input_tokens + r.usage.output_tokens;
+        th_llm_response_free(&r);
+    }
+    assert_true(used > 2000);
+    assert_true(mono_ms() - t0 >= 1000);
+    th_llm_gateway_free(gw);
+    fakellm_free(f);
 }
 
 static int cancel_after(void *ud)
@@ -454,7 +596,9 @@ int main(void)
         cmocka_unit_test(test_breaker),
         cmocka_unit_test(test_fallback),
         cmocka_unit_test(test_concurrency_and_queue),
+        cmocka_unit_test(test_breaker_reroutes_queued),
         cmocka_unit_test(test_rate_bucket),
+        cmocka_unit_test(test_rate_headers_and_tokens),
         cmocka_unit_test(test_cancel),
         cmocka_unit_test(test_health),
         cmocka_unit_test(test_free_with_calls_in_flight),

@@ -119,6 +119,59 @@ static void test_agent_budget(void **state)
     th_llm_gateway_free(gw);
 }
 
+typedef struct outcome {
+    pthread_mutex_t mu;
+    int ok, budget, other;
+} outcome;
+
+static void on_done(th_llm_call *c, int rc, void *ud)
+{
+    outcome *o = ud;
+    pthread_mutex_lock(&o->mu);
+    if (rc == 0)
+        o->ok++;
+    else if (rc == TH_EBUDGET)
+        o->budget++;
+    else
+        o->other++;
+    pthread_mutex_unlock(&o->mu);
+}
+
+/* Calls in flight hold their worst case against the budget, so concurrent
+ * calls cannot each pass against the same remainder. */
+static void test_budget_reserves(void **state)
+{
+    (void)state;
+    th_llm_gateway *gw = gw_new(NULL);
+    th_llm_provider_options o = gw_opts("m", TH_LLM_MOCK, NULL);
+    o.mock_token_delay_ms = 30; /* keeps the calls in flight a while */
+    gw_add(gw, &o);
+    assert_int_equal(th_llm_set_price(gw, "mock-1", 1000, 1000), 0);
+    gw_req q;
+    gw_req_init(&q, "hi", "m", NULL);
+    q.r.agent = "burst";
+    q.r.max_tokens = 10;
+    q.r.stream = 1;
+    /* Worst case about 11 tokens = 0.011 USD: two fit in 0.025, not three. */
+    assert_int_equal(th_llm_set_budget(gw, "agent:burst", 0.025, 0), 0);
+    outcome out = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    th_llm_call *c[3];
+    th_error err;
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(th_llm_start(gw, &q.r, on_done, &out, &c[i], &err), 0);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(th_llm_call_wait(c[i], 10000), 0);
+        th_llm_call_free(c[i]);
+    }
+    assert_int_equal(out.ok, 2);
+    assert_int_equal(out.budget, 1);
+    /* Their actual cost (5 tokens each) leaves room for one more. */
+    th_llm_response r;
+    assert_int_equal(th_llm_chat(gw, &q.r, &r, &err), 0);
+    th_llm_response_free(&r);
+    th_llm_gateway_free(gw);
+}
+
 static void test_key_budget_falls_back(void **state)
 {
     (void)state;
@@ -194,9 +247,8 @@ static void test_persisted(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_ledger),
-        cmocka_unit_test(test_agent_budget),
-        cmocka_unit_test(test_key_budget_falls_back),
+        cmocka_unit_test(test_ledger),          cmocka_unit_test(test_agent_budget),
+        cmocka_unit_test(test_budget_reserves), cmocka_unit_test(test_key_budget_falls_back),
         cmocka_unit_test(test_persisted),
     };
     return cmocka_run_group_tests_name("llm_spend", tests, NULL, NULL);
