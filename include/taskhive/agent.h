@@ -187,10 +187,19 @@ typedef struct th_agents th_agents;
  * registered there. NULL when out of memory. */
 TH_EXPORT th_agents *th_agents_new(const th_tools *tools);
 TH_EXPORT void th_agents_free(th_agents *a);
+/* A registry kept in SQLite file `path` (created when missing; "" =
+ * in memory only): every stored definition is loaded now and every change
+ * below is written through before it takes effect (TH_EIO when it cannot
+ * be, with nothing changed). A stored definition is checked without
+ * `tools`, so one naming a tool that is gone loads, and fails when run.
+ * NULL on failure (TH_EIO, TH_ECORRUPT, TH_ENOMEM in err). */
+TH_EXPORT th_agents *th_agents_open(const char *path, const th_tools *tools, th_error *err);
 /* Adds a copy of `d` after validating it; TH_ECONFLICT when the name exists. */
 TH_EXPORT int th_agents_create(th_agents *a, const th_agent_def *d, th_error *err);
 /* Replaces the definition named d->name with a copy of `d`; TH_ENOTFOUND. */
 TH_EXPORT int th_agents_update(th_agents *a, const th_agent_def *d, th_error *err);
+/* Adds or replaces (for definitions from the configuration). */
+TH_EXPORT int th_agents_put(th_agents *a, const th_agent_def *d, th_error *err);
 TH_EXPORT int th_agents_delete(th_agents *a, const char *name, th_error *err);
 /* A copy of the definition named `name` (*out, th_agent_def_free). */
 TH_EXPORT int th_agents_get(th_agents *a, const char *name, th_agent_def **out, th_error *err);
@@ -242,11 +251,16 @@ typedef struct th_agent_run_opts {
  * back to the model as the tool's answer), and repeats until the model
  * answers without tool calls or max_steps model calls were made. On 0,
  * *result (th_agent_free) is
- *   {"summary": S, "output": TEXT, "agent": NAME, "model": M, "steps": N,
+ *   {"summary": S, "output": TEXT, "agent": NAME, "provider": P, "model": M,
+ *    "steps": N (model calls),
  *    "metrics": {"tokens_used", "input_tokens", "output_tokens",
  *                "request_count", "tool_calls", "execution_time_ms",
  *                "cost_usd"}, "confidence": C (only when the answer states
  *    one as "confidence: 0.8" or "confidence: 80%")}.
+ * The summary is the answer's first sentence (at most 200 bytes); text
+ * that is not valid UTF-8 has its bad bytes replaced by '?'. The calls are
+ * made with the agent's name as th_llm_request.agent, so spend is recorded
+ * under it and an "agent:NAME" budget applies.
  * `metrics` (may be NULL) is filled on success and failure. Errors: the
  * gateway's (TH_EBUDGET, TH_EUPSTREAM, TH_ENOTFOUND for an unknown
  * provider...), TH_ENOTFOUND for an unknown allowed tool, TH_ECANCELED,

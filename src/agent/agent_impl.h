@@ -19,6 +19,10 @@ json_t *th__agent_parse(const char *text);
  * doubling it; 0 or TH_ENOMEM (the array is unchanged). */
 int th__agent_grow(void **v, size_t *cap, size_t n, size_t size);
 
+/* A th__ copy of `s` with every byte that is not part of valid UTF-8
+ * replaced by '?', so it can become a JSON string; NULL on OOM. */
+char *th__agent_utf8_clean(const char *s);
+
 /* Replaces th__ string *dst with a copy of `s` (NULL clears); TH_ENOMEM
  * leaves *dst alone. */
 int th__agent_set_str(char **dst, const char *s);
@@ -39,6 +43,10 @@ th_memory *th__memory_open(const char *path, th_embed_fn embed, void *ud, void (
 
 /* The system prompt of a run (th__ memory), or NULL on OOM. */
 char *th__agent_system_prompt(const th_agent_def *d, const char *context);
+/* Whether a run that failed with `rc` may succeed on another attempt:
+ * provider trouble, full queues, timeouts, cancellation, memory. Bad
+ * input, unknown names, budgets and max_steps are final. */
+int th__agent_retryable(int rc);
 /* Finds the last "confidence: X" (or "X%") in text: 1 and *out in [0, 1]. */
 int th__agent_confidence(const char *text, double *out);
 

@@ -34,11 +34,19 @@ typedef struct hrun {
     int64_t last_report; /* monotonic ns */
 } hrun;
 
+/* Reports the tail; dropped bytes may have cut a UTF-8 character, so the
+ * text is cleaned (the message must stay valid text for JSON events). */
 static void report_stream(hrun *h)
 {
+    const char *t = h->tail;
+    while (((unsigned char)*t & 0xC0) == 0x80)
+        t++;
     char msg[STREAM_TAIL + 16];
-    snprintf(msg, sizeof msg, "model: %s", h->tail);
-    th_ctx_progress(h->ctx, h->percent, TH_AGENT_STEP_MODEL, TH_AGENT_NSTEPS, msg);
+    snprintf(msg, sizeof msg, "model: %s", t);
+    char *clean = th__agent_utf8_clean(msg);
+    th_ctx_progress(h->ctx, h->percent, TH_AGENT_STEP_MODEL, TH_AGENT_NSTEPS,
+                    clean ? clean : "model: ...");
+    th__free(clean);
     h->unsent = 0;
     h->last_report = th__mono_ns();
 }
@@ -129,8 +137,7 @@ static int resolve_agent(th_ctx *ctx, const th_agent_env *env, const json_t *age
     return 0;
 }
 
-/* Whether a failed run is worth another attempt. */
-static int retryable(int rc)
+int th__agent_retryable(int rc)
 {
     return rc == TH_EUPSTREAM || rc == TH_EUNAVAIL || rc == TH_EBUSY || rc == TH_ETIMEDOUT ||
            rc == TH_ENOMEM || rc == TH_ECANCELED || rc == TH_ECLOSED || rc == TH_EIO;
@@ -185,7 +192,7 @@ static int agent_handler(th_ctx *ctx, void *ud)
     th_error e = {0};
     int run_rc = th_agent_run(&o, &result, NULL, &e);
     if (run_rc) {
-        rc = fail(ctx, retryable(run_rc) ? TH_HANDLER_RETRY : TH_HANDLER_PERMANENT,
+        rc = fail(ctx, th__agent_retryable(run_rc) ? TH_HANDLER_RETRY : TH_HANDLER_PERMANENT,
                   th_errname(run_rc), e.message[0] ? e.message : th_strerror(run_rc));
         goto done;
     }

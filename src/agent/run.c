@@ -182,8 +182,11 @@ static char *result_json(run *r, const char *output, const th_llm_response *last
                           "output", output, "agent", r->def->name, "provider", last->provider,
                           "model", last->model, "steps", m->request_count, "metrics", metrics);
     double c;
-    if (v && th__agent_confidence(output, &c) && json_object_set_new(v, "confidence", json_real(c)))
-        json_object_clear(v);
+    if (v && th__agent_confidence(output, &c) &&
+        json_object_set_new(v, "confidence", json_real(c))) {
+        json_decref(v);
+        v = NULL;
+    }
     char *s = v ? th__agent_dump(v) : NULL;
     json_decref(v);
     return s;
@@ -363,8 +366,10 @@ int th_agent_run(const th_agent_run_opts *o, char **result, th_agent_metrics *me
         step(&r, TH_AGENT_STEP_RESULTS, NULL);
         logf_(&r, TH_LOG_INFO, NULL, "step 4/%d: %s", TH_AGENT_NSTEPS, step_names[4]);
         r.m->execution_ms = (th__mono_ns() - t0) / 1000000;
-        if (!(*result = result_json(&r, final->text ? final->text : "", final)))
+        char *output = th__agent_utf8_clean(final->text ? final->text : "");
+        if (!output || !(*result = result_json(&r, output, final)))
             rc = th__err(err, TH_ENOMEM, "", "out of memory");
+        th__free(output);
     }
     r.m->execution_ms = (th__mono_ns() - t0) / 1000000;
     if (!rc) {

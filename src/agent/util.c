@@ -5,6 +5,7 @@
 #include "agent/agent_impl.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 #include "core/alloc.h"
 
@@ -48,4 +49,43 @@ int th__agent_set_str(char **dst, const char *s)
     th__free(*dst);
     *dst = copy;
     return 0;
+}
+
+/* Length of the valid UTF-8 sequence at s[0..n), or 0 (as jansson judges:
+ * no overlong forms, no surrogates, nothing past U+10FFFF). */
+static size_t utf8_seq(const unsigned char *s, size_t n)
+{
+    unsigned char c = s[0];
+    size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    if (len == 0 || len > n)
+        return 0;
+    for (size_t k = 1; k < len; k++)
+        if ((s[k] & 0xC0) != 0x80)
+            return 0;
+    if ((len == 2 && c < 0xC2) || (len == 3 && c == 0xE0 && s[1] < 0xA0) ||
+        (len == 3 && c == 0xED && s[1] >= 0xA0) || (len == 4 && c == 0xF0 && s[1] < 0x90) ||
+        (len == 4 && (c > 0xF4 || (c == 0xF4 && s[1] >= 0x90))))
+        return 0;
+    return len;
+}
+
+char *th__agent_utf8_clean(const char *s)
+{
+    size_t n = strlen(s), o = 0;
+    char *out = th__malloc(n + 1);
+    if (!out)
+        return NULL;
+    for (size_t i = 0; i < n;) {
+        size_t len = utf8_seq((const unsigned char *)s + i, n - i);
+        if (len) {
+            memcpy(out + o, s + i, len);
+            o += len;
+            i += len;
+        } else {
+            out[o++] = '?';
+            i++;
+        }
+    }
+    out[o] = '\0';
+    return out;
 }

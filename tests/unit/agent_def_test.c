@@ -1,13 +1,16 @@
 /*
  * Agent definitions (src/agent/def.c) and their registry (src/agent/agents.c):
  * JSON in and out, patches, config values, validation errors naming the
- * field, and create / get / list / update / delete, also from threads.
+ * field, and create / get / list / update / put / delete, also from threads
+ * and persisted in a file across reopen.
  */
 #include "thtest.h"
 
 #include <jansson.h>
 #include <pthread.h>
+#include <sqlite3.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <taskhive/agent.h>
@@ -240,6 +243,60 @@ static void test_registry_checks_tools(void **state)
     th_tools_free(t);
 }
 
+static void test_registry_persistence(void **state)
+{
+    (void)state;
+    char *path = thtest_unique_path("agents", ".db");
+    th_error e = {0};
+    th_agents *a = th_agents_open(path, NULL, &e);
+    assert_non_null(a);
+    th_agent_def *d = parse(full);
+    assert_int_equal(th_agents_create(a, d, &e), 0);
+    assert_int_equal(th_agent_def_set(d, "name", "gone", &e), 0);
+    assert_int_equal(th_agents_create(a, d, &e), 0);
+    assert_int_equal(th_agent_def_set(d, "name", "cfg", &e), 0);
+    assert_int_equal(th_agents_put(a, d, &e), 0);
+    assert_int_equal(th_agent_def_set(d, "role", "from config", &e), 0);
+    assert_int_equal(th_agents_put(a, d, &e), 0); /* replaces */
+    assert_int_equal(th_agent_def_set(d, "name", "scout", &e), 0);
+    assert_int_equal(th_agent_def_set(d, "model", "m9", &e), 0);
+    assert_int_equal(th_agents_update(a, d, &e), 0);
+    assert_int_equal(th_agents_delete(a, "gone", &e), 0);
+    th_agents_free(a);
+
+    a = th_agents_open(path, NULL, &e);
+    assert_non_null(a);
+    assert_int_equal(th_agents_count(a), 2);
+    th_agent_def *got = NULL;
+    assert_int_equal(th_agents_get(a, "scout", &got, &e), 0);
+    assert_string_equal(got->model, "m9");
+    assert_int_equal(got->ntools, 2);
+    th_agent_def_free(got);
+    assert_int_equal(th_agents_get(a, "cfg", &got, &e), 0);
+    assert_string_equal(got->role, "from config");
+    th_agent_def_free(got);
+    assert_int_equal(th_agents_get(a, "gone", &got, &e), TH_ENOTFOUND);
+    th_agents_free(a);
+
+    /* A stored definition that no longer parses: the file is refused. */
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db,
+                                  "UPDATE agents SET definition = '{\"name\":\"cfg\"}'"
+                                  " WHERE name = 'cfg'",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+    assert_null(th_agents_open(path, NULL, &e));
+    assert_int_equal(e.code, TH_ECORRUPT);
+    assert_true(thtest_contains(e.message, "cfg"));
+    assert_null(th_agents_open("/nonexistent-dir/x/agents.db", NULL, &e));
+    assert_int_equal(e.code, TH_EIO);
+    th_agent_def_free(d);
+    thtest_remove_db(path);
+    free(path);
+}
+
 typedef struct worker_arg {
     th_agents *a;
     int index;
@@ -287,7 +344,8 @@ int main(void)
         cmocka_unit_test(test_json_round_trip),       cmocka_unit_test(test_json_refusals),
         cmocka_unit_test(test_validate_tools),        cmocka_unit_test(test_patch),
         cmocka_unit_test(test_config_values),         cmocka_unit_test(test_registry),
-        cmocka_unit_test(test_registry_checks_tools), cmocka_unit_test(test_registry_threads),
+        cmocka_unit_test(test_registry_checks_tools), cmocka_unit_test(test_registry_persistence),
+        cmocka_unit_test(test_registry_threads),
     };
     return cmocka_run_group_tests_name("agent_def", tests, NULL, NULL);
 }

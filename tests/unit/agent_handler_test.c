@@ -5,8 +5,8 @@
  * steps and the streamed text as progress events, logs each step and ends
  * with {summary, output, metrics}; a tool call through
  * "[[tool:submit_task {...}]]" queues a task; an inline definition works;
- * an unknown agent, a bad payload or an unknown provider fail the task for
- * good; a cancel stops a slow run; the memory opened through the gateway
+ * an unknown agent, a bad payload, an unknown provider or a spent budget
+ * fail the task for good; a cancel stops a slow run; the memory opened through the gateway
  * embeds with the mock and persists.
  */
 #include "pool_helpers.h"
@@ -224,6 +224,10 @@ static void test_permanent_failures(void **state)
     assert_fails(h, "{\"agent\":{\"name\":\"x\"},\"input\":\"x\"}", "payload.agent.provider");
     assert_fails(h, "{\"agent\":{\"name\":\"x\",\"provider\":\"nosuch\"},\"input\":\"x\"}",
                  "ENOTFOUND");
+    /* A budget refusal is final too, and says so. */
+    assert_int_equal(th_llm_set_price(h->gw, "mock-1", 1000, 1000), 0);
+    assert_int_equal(th_llm_set_budget(h->gw, "agent:scout", 1e-9, 0), 0);
+    assert_fails(h, "{\"agent\":\"scout\",\"input\":\"hi\"}", "EBUDGET");
     hfx_free(h);
 }
 

@@ -2,10 +2,11 @@
  * Agent memory (src/agent/memory.c): adding with embeddings, top-k search by
  * cosine similarity within a namespace, deletion, persistence in the SQLite
  * file across reopen, and failures (embedder errors, bad input, a path that
- * cannot be opened, a damaged row).
+ * cannot be opened, a damaged row), and adds and searches from threads.
  */
 #include "thtest.h"
 
+#include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -169,12 +170,62 @@ static void test_persistence(void **state)
     free(path);
 }
 
+typedef struct mem_worker {
+    th_memory *m;
+    int index;
+    int failures;
+} mem_worker;
+
+static void *mem_thread(void *p)
+{
+    mem_worker *w = p;
+    char ns[16], text[64];
+    snprintf(ns, sizeof ns, "ns%d", w->index);
+    for (int i = 0; i < 25; i++) {
+        snprintf(text, sizeof text, "note %d of %s", i, ns);
+        if (th_memory_add(w->m, ns, text, NULL, NULL, NULL))
+            w->failures++;
+        th_memory_hit *hits = NULL;
+        size_t n = 0;
+        if (th_memory_search(w->m, ns, "note", 3, &hits, &n, NULL) || n == 0 ||
+            strcmp(hits[0].ns, ns) != 0)
+            w->failures++;
+        th_memory_hits_free(hits, n);
+    }
+    return NULL;
+}
+
+static void test_threads(void **state)
+{
+    (void)state;
+    char *path = thtest_unique_path("memory-threads", ".db");
+    th_memory *m = open_mem(path, NULL);
+    pthread_t th[4];
+    mem_worker w[4];
+    for (int i = 0; i < 4; i++) {
+        w[i] = (mem_worker){m, i, 0};
+        assert_int_equal(pthread_create(&th[i], NULL, mem_thread, &w[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(w[i].failures, 0);
+    }
+    assert_int_equal(th_memory_count(m), 100);
+    th_memory_free(m);
+    m = open_mem(path, NULL);
+    assert_int_equal(th_memory_count(m), 100);
+    th_memory_free(m);
+    thtest_remove_db(path);
+    free(path);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_add_and_search),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_persistence),
+        cmocka_unit_test(test_threads),
     };
     return cmocka_run_group_tests_name("agent_memory", tests, NULL, NULL);
 }

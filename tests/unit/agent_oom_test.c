@@ -2,12 +2,11 @@
  * Out-of-memory pass over the agent layer: for n = 0, 1, 2... the (n+1)-th
  * taskhive allocation and every later one fail (th__alloc_fail_after), and a
  * scenario runs: compile a schema and validate with it, register tools
- * (inline and threaded) and call them, parse agent definitions and use the
- * registry, add to and search a memory, decay a result's confidence. Every
- * call must succeed or fail cleanly with TH_ENOMEM (constructors with
- * NULL), never crash; under ASan + LeakSanitizer nothing may leak. The loop
- * ends when a run completes without reaching allocation n. (jansson and
- * SQLite allocate with their own allocators, which never fail here.)
+ * (inline and threaded) and call them, parse agent definitions and use a
+ * registry kept in a SQLite database, add to and search a memory, decay a result's confidence.
+ * Every call must succeed or fail cleanly with TH_ENOMEM (constructors with NULL), never crash;
+ * under ASan + LeakSanitizer nothing may leak. The loop ends when a run completes without reaching
+ * allocation n. (jansson and SQLite allocate with their own allocators, which never fail here.)
  */
 #include "thtest.h"
 
@@ -100,7 +99,7 @@ static int scenario(long n)
     th_agent_free(out);
     out = NULL;
 
-    MADE(agents = th_agents_new(tools));
+    MADE(agents = th_agents_open(NULL, tools, &e));
     STEP(th_agent_def_from_json("{\"name\":\"a\",\"provider\":\"mock\",\"role\":\"r\","
                                 "\"tools\":[\"echo\",\"echo_t\"]}",
                                 NULL, &d, &e));

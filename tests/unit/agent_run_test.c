@@ -3,13 +3,14 @@
  * the mock provider (steps, streamed deltas, metrics, confidence, the tool
  * loop through "[[tool:NAME {json}]]", validation errors and refused tools
  * going back to the model, max_steps, cancellation, unknown providers and
- * tools), and over the three HTTP wire formats against the fake provider
- * server (a tool call, its result sent back in the format's shape, then the
- * final answer).
+ * tools, spending recorded under the agent and its budget refusing a run), and over the three HTTP
+ * wire formats against the fake provider server (a tool call, its result sent back in the format's
+ * shape, then the final answer).
  */
 #include "thtest.h"
 
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -177,6 +178,70 @@ static void test_system_prompt_and_confidence(void **state)
     assert_int_equal(th__agent_confidence("confidence: 7", &c), 0);
     assert_int_equal(th__agent_confidence("no such thing", &c), 0);
     assert_int_equal(th__agent_confidence("confidence: high", &c), 0);
+}
+
+static void test_utf8_clean(void **state)
+{
+    (void)state;
+    const char *cases[][2] = {
+        {"plain", "plain"},
+        {"caf\xc3\xa9 \xe2\x89\xa4 \xf0\x9f\x90\x9d", "caf\xc3\xa9 \xe2\x89\xa4 \xf0\x9f\x90\x9d"},
+        {"a\xff"
+         "b",
+         "a?b"},
+        {"cut \xe2\x89", "cut ??"},
+        {"\xc0\xaf", "??"},           /* overlong */
+        {"\xed\xa0\x80", "???"},      /* a surrogate */
+        {"\xf4\x90\x80\x80", "????"}, /* past U+10FFFF */
+        {"", ""},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *out = th__agent_utf8_clean(cases[i][0]);
+        assert_string_equal(out, cases[i][1]);
+        json_t *j = json_string(out);
+        assert_non_null(j);
+        json_decref(j);
+        th_agent_free(out);
+    }
+}
+
+static void test_retryable(void **state)
+{
+    (void)state;
+    int retry[] = {TH_EUPSTREAM, TH_EUNAVAIL,  TH_EBUSY,   TH_ETIMEDOUT,
+                   TH_ENOMEM,    TH_ECANCELED, TH_ECLOSED, TH_EIO};
+    int final[] = {TH_EBUDGET, TH_EINVAL, TH_ENOTFOUND, TH_ETOOBIG, TH_ECONFLICT};
+    for (size_t i = 0; i < sizeof retry / sizeof retry[0]; i++)
+        assert_true(th__agent_retryable(retry[i]));
+    for (size_t i = 0; i < sizeof final / sizeof final[0]; i++)
+        assert_false(th__agent_retryable(final[i]));
+}
+
+static void test_budget(void **state)
+{
+    (void)state;
+    th_llm_gateway *gw = mock_gateway();
+    th_agent_def *d = def_of("{\"name\":\"spender\",\"provider\":\"mock\"}");
+    assert_int_equal(th_llm_set_price(gw, "mock-1", 1000, 1000), 0);
+    seen x = {0};
+    char *out = NULL;
+    th_agent_metrics m;
+    th_error e;
+    /* The calls are recorded under the agent's name. */
+    assert_int_equal(run(gw, NULL, d, "spend a little", &x, &out, &m, &e), 0);
+    th_agent_free(out);
+    double today = 0, month = 0;
+    assert_int_equal(th_llm_spent(gw, "agent:spender", &today, &month), 0);
+    assert_true(today > 0);
+    assert_true(fabs(today - m.cost_usd) < 1e-9);
+    /* Its budget spent, the next run is refused before anything is sent. */
+    assert_int_equal(th_llm_set_budget(gw, "agent:spender", today, 0), 0);
+    assert_int_equal(run(gw, NULL, d, "spend more", &x, &out, &m, &e), TH_EBUDGET);
+    assert_null(out);
+    assert_int_equal(m.request_count, 0);
+    assert_false(th__agent_retryable(TH_EBUDGET));
+    th_agent_def_free(d);
+    th_llm_gateway_free(gw);
 }
 
 typedef struct loop_fx {
@@ -417,6 +482,9 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_plain_answer),
         cmocka_unit_test(test_system_prompt_and_confidence),
+        cmocka_unit_test(test_utf8_clean),
+        cmocka_unit_test(test_retryable),
+        cmocka_unit_test(test_budget),
         cmocka_unit_test_setup_teardown(test_tool_loop_submits, loop_setup, loop_teardown),
         cmocka_unit_test_setup_teardown(test_validation_error_goes_back, loop_setup, loop_teardown),
         cmocka_unit_test_setup_teardown(test_tool_not_allowed, loop_setup, loop_teardown),
