@@ -136,6 +136,7 @@ TH_EXPORT int th_tools_register_builtins(th_tools *t, th_engine *engine, th_memo
 #define TH_AGENT_MAX_TOOLS 64    /* allowed tools per agent */
 #define TH_AGENT_MAX_STEPS 100   /* model calls per run */
 #define TH_AGENT_DEFAULT_STEPS 8 /* when max_steps is 0 */
+#define TH_AGENT_MAX_FALLBACKS 8 /* fallback targets per agent */
 
 /* An agent. Every string is owned by the definition (th_agent_def_free). */
 typedef struct th_agent_def {
@@ -150,6 +151,11 @@ typedef struct th_agent_def {
     int max_steps;      /* [0, TH_AGENT_MAX_STEPS]; 0 = TH_AGENT_DEFAULT_STEPS */
     char **tools;       /* allowed tool names */
     size_t ntools;
+    /* Tried in order when the provider fails for good (after its retries) or
+     * its circuit is open: "provider" or "provider/model". At most
+     * TH_AGENT_MAX_FALLBACKS. */
+    char **fallbacks;
+    size_t nfallbacks;
 } th_agent_def;
 
 /* A definition with every field empty and the defaults (temperature -1).
@@ -166,17 +172,18 @@ TH_EXPORT int th_agent_def_validate(const th_agent_def *d, const th_tools *tools
 /*
  * Parses a JSON object {"name", "role", "backstory", "instructions",
  * "provider", "model", "temperature", "max_tokens", "max_steps", "tools":
- * [...]} into a new definition (*out, th_agent_def_free). Unknown fields and
- * wrong types are refused by name; the result is also validated (without a
- * tool registry). With `base` not NULL, the object is a patch: fields it
- * has replace base's, null clears an optional field.
+ * [...], "fallbacks": ["provider/model", ...]} into a new definition (*out, th_agent_def_free).
+ * Unknown fields and wrong types are refused by name; the result is also validated (without a tool
+ * registry). With `base` not NULL, the object is a patch: fields it has replace base's, null clears
+ * an optional field.
  */
 TH_EXPORT int th_agent_def_from_json(const char *json_text, const th_agent_def *base,
                                      th_agent_def **out, th_error *err);
 /* The definition as a JSON object text (th_agent_free), or NULL. */
 TH_EXPORT char *th_agent_def_to_json(const th_agent_def *d);
 /* Sets one field from text, as a config file gives it: "temperature" =
- * "0.2", "tools" = "submit_task, search_memory". TH_EINVAL naming `key`
+ * "0.2", "tools" = "submit_task, search_memory", "fallbacks" =
+ * "openai/gpt-4o-mini, mock". TH_EINVAL naming `key`
  * for an unknown key or a bad value. */
 TH_EXPORT int th_agent_def_set(th_agent_def *d, const char *key, const char *value, th_error *err);
 

@@ -43,6 +43,7 @@ void th_agent_def_free(th_agent_def *d)
     th__free(d->provider);
     th__free(d->model);
     free_tools(d->tools, d->ntools);
+    free_tools(d->fallbacks, d->nfallbacks);
     th__free(d);
 }
 
@@ -72,6 +73,14 @@ th_agent_def *th_agent_def_copy(const th_agent_def *d)
             goto fail;
         for (; c->ntools < d->ntools; c->ntools++)
             if (dup_field(&c->tools[c->ntools], d->tools[c->ntools]) || !c->tools[c->ntools])
+                goto fail;
+    }
+    if (d->nfallbacks) {
+        if (!(c->fallbacks = th__calloc(d->nfallbacks, sizeof *c->fallbacks)))
+            goto fail;
+        for (; c->nfallbacks < d->nfallbacks; c->nfallbacks++)
+            if (dup_field(&c->fallbacks[c->nfallbacks], d->fallbacks[c->nfallbacks]) ||
+                !c->fallbacks[c->nfallbacks])
                 goto fail;
     }
     return c;
@@ -121,6 +130,22 @@ int th_agent_def_validate(const th_agent_def *d, const th_tools *tools, th_error
         return th__err(err, TH_EINVAL, "max_steps", "must be in [0, %d]", TH_AGENT_MAX_STEPS);
     if (d->ntools > TH_AGENT_MAX_TOOLS)
         return th__err(err, TH_EINVAL, "tools", "more than %d tools", TH_AGENT_MAX_TOOLS);
+    if (d->nfallbacks > TH_AGENT_MAX_FALLBACKS)
+        return th__err(err, TH_EINVAL, "fallbacks", "more than %d fallbacks",
+                       TH_AGENT_MAX_FALLBACKS);
+    for (size_t i = 0; i < d->nfallbacks; i++) {
+        char field[32], prov[64];
+        snprintf(field, sizeof field, "fallbacks[%zu]", i);
+        const char *f = d->fallbacks[i] ? d->fallbacks[i] : "";
+        const char *slash = strchr(f, '/');
+        size_t plen = slash ? (size_t)(slash - f) : strlen(f);
+        if (plen >= sizeof prov)
+            plen = sizeof prov - 1;
+        memcpy(prov, f, plen);
+        prov[plen] = '\0';
+        if (!name_ok(prov, 63) || (slash && (!slash[1] || strlen(slash + 1) > 127)))
+            return th__err(err, TH_EINVAL, field, "must be \"provider\" or \"provider/model\"");
+    }
     for (size_t i = 0; i < d->ntools; i++) {
         char field[32];
         snprintf(field, sizeof field, "tools[%zu]", i);
@@ -154,31 +179,47 @@ static char **string_field(th_agent_def *d, const char *key)
     return NULL;
 }
 
-/* Replaces d's tools with the strings of `arr` (a JSON array). */
-static int set_tools_json(th_agent_def *d, const json_t *arr, th_error *err)
+/* The string list `key` of d ("tools" or "fallbacks"), or NULL. */
+static char ***list_field(th_agent_def *d, const char *key, size_t **n)
 {
-    if (!json_is_array(arr))
-        return th__err(err, TH_EINVAL, "tools", "must be an array of tool names");
+    if (strcmp(key, "tools") == 0) {
+        *n = &d->ntools;
+        return &d->tools;
+    }
+    if (strcmp(key, "fallbacks") == 0) {
+        *n = &d->nfallbacks;
+        return &d->fallbacks;
+    }
+    return NULL;
+}
+
+/* Replaces d's list `key` with the strings of `arr` (a JSON array). */
+static int set_list_json(th_agent_def *d, const char *key, const json_t *arr, th_error *err)
+{
+    size_t *count = NULL;
+    char ***slot = list_field(d, key, &count);
+    if (!slot || !json_is_array(arr))
+        return th__err(err, TH_EINVAL, key, "must be an array of strings");
     size_t n = json_array_size(arr);
-    char **tools = n ? th__calloc(n, sizeof *tools) : NULL;
-    if (n && !tools)
+    char **list = n ? th__calloc(n, sizeof *list) : NULL;
+    if (n && !list)
         return th__err(err, TH_ENOMEM, "", "out of memory");
     for (size_t i = 0; i < n; i++) {
         const char *s = json_string_value(json_array_get(arr, i));
         if (!s) {
-            free_tools(tools, n);
+            free_tools(list, n);
             char field[32];
-            snprintf(field, sizeof field, "tools[%zu]", i);
+            snprintf(field, sizeof field, "%s[%zu]", key, i);
             return th__err(err, TH_EINVAL, field, "must be a string");
         }
-        if (!(tools[i] = th__strdup(s))) {
-            free_tools(tools, n);
+        if (!(list[i] = th__strdup(s))) {
+            free_tools(list, n);
             return th__err(err, TH_ENOMEM, "", "out of memory");
         }
     }
-    free_tools(d->tools, d->ntools);
-    d->tools = tools;
-    d->ntools = n;
+    free_tools(*slot, *count);
+    *slot = list;
+    *count = n;
     return 0;
 }
 
@@ -219,10 +260,15 @@ static int set_json(th_agent_def *d, const char *key, const json_t *v, th_error 
         return set_int_json(&d->max_tokens, v, key, err);
     if (strcmp(key, "max_steps") == 0)
         return set_int_json(&d->max_steps, v, key, err);
-    if (strcmp(key, "tools") == 0) {
-        if (json_is_null(v))
-            return set_tools_json(d, json_array(), err);
-        return set_tools_json(d, v, err);
+    size_t *n;
+    if (list_field(d, key, &n)) {
+        if (json_is_null(v)) {
+            json_t *empty = json_array();
+            int rc = set_list_json(d, key, empty, err);
+            json_decref(empty);
+            return rc;
+        }
+        return set_list_json(d, key, v, err);
     }
     return th__err(err, TH_EINVAL, key, "unknown field");
 }
@@ -269,8 +315,8 @@ int th_agent_def_from_json(const char *json_text, const th_agent_def *base, th_a
 
 json_t *th__agent_def_value(const th_agent_def *d)
 {
-    json_t *o = json_object(), *tools = json_array();
-    if (!o || !tools)
+    json_t *o = json_object(), *tools = json_array(), *fb = json_array();
+    if (!o || !tools || !fb)
         goto fail;
     const char *keys[] = {"name", "role", "backstory", "instructions", "provider", "model"};
     const char *vals[] = {d->name, d->role, d->backstory, d->instructions, d->provider, d->model};
@@ -280,16 +326,21 @@ json_t *th__agent_def_value(const th_agent_def *d)
     for (size_t i = 0; i < d->ntools; i++)
         if (json_array_append_new(tools, json_string(d->tools[i])))
             goto fail;
+    for (size_t i = 0; i < d->nfallbacks; i++)
+        if (json_array_append_new(fb, json_string(d->fallbacks[i])))
+            goto fail;
     if (json_object_set_new(o, "temperature",
                             d->temperature < 0 ? json_null() : json_real(d->temperature)) ||
         json_object_set_new(o, "max_tokens", json_integer(d->max_tokens)) ||
         json_object_set_new(o, "max_steps", json_integer(d->max_steps)) ||
-        json_object_set(o, "tools", tools))
+        json_object_set(o, "tools", tools) || json_object_set(o, "fallbacks", fb))
         goto fail;
     json_decref(tools);
+    json_decref(fb);
     return o;
 fail:
     json_decref(tools);
+    json_decref(fb);
     json_decref(o);
     return NULL;
 }
@@ -317,8 +368,8 @@ static int parse_int_text(const char *value, long min, long max, int *out)
     return 0;
 }
 
-/* Splits "a, b,c" into tool names. */
-static int set_tools_text(th_agent_def *d, const char *value, th_error *err)
+/* Splits "a, b,c" into the list `key`. */
+static int set_list_text(th_agent_def *d, const char *key, const char *value, th_error *err)
 {
     json_t *arr = json_array();
     const char *p = value;
@@ -335,7 +386,7 @@ static int set_tools_text(th_agent_def *d, const char *value, th_error *err)
             break;
         p = e;
     }
-    int rc = arr ? set_tools_json(d, arr, err) : th__err(err, TH_ENOMEM, "", "out of memory");
+    int rc = arr ? set_list_json(d, key, arr, err) : th__err(err, TH_ENOMEM, "", "out of memory");
     json_decref(arr);
     return rc;
 }
@@ -360,8 +411,8 @@ int th_agent_def_set(th_agent_def *d, const char *key, const char *value, th_err
     if (strcmp(key, "max_steps") == 0 &&
         parse_int_text(value, 0, TH_AGENT_MAX_STEPS, &d->max_steps))
         return th__err(err, TH_EINVAL, key, "must be an integer in [0, %d]", TH_AGENT_MAX_STEPS);
-    if (strcmp(key, "tools") == 0)
-        return set_tools_text(d, value, err);
+    if (strcmp(key, "tools") == 0 || strcmp(key, "fallbacks") == 0)
+        return set_list_text(d, key, value, err);
     if (strcmp(key, "max_tokens") && strcmp(key, "max_steps"))
         return th__err(err, TH_EINVAL, key, "unknown agent setting");
     return 0;

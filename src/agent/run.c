@@ -243,9 +243,20 @@ static int call_model(run *r, const th_llm_response **final, th_error *err)
 {
     if (th__agent_grow((void **)&r->answers, &r->capanswers, r->nanswers, sizeof *r->answers))
         return th__err(err, TH_ENOMEM, "", "out of memory");
-    th_llm_target target = {r->def->provider, r->def->model};
-    th_llm_request req = {.targets = &target,
-                          .ntargets = 1,
+    /* The agent's provider, then its fallbacks ("provider" or
+     * "provider/model"), as the gateway's chain of targets. */
+    th_llm_target targets[1 + TH_AGENT_MAX_FALLBACKS];
+    char names[TH_AGENT_MAX_FALLBACKS][64];
+    size_t nt = 0;
+    targets[nt++] = (th_llm_target){r->def->provider, r->def->model};
+    for (size_t i = 0; i < r->def->nfallbacks && i < TH_AGENT_MAX_FALLBACKS; i++) {
+        const char *f = r->def->fallbacks[i], *slash = strchr(f, '/');
+        size_t plen = slash ? (size_t)(slash - f) : strlen(f);
+        snprintf(names[i], sizeof names[i], "%.*s", (int)plen, f);
+        targets[nt++] = (th_llm_target){names[i], slash ? slash + 1 : NULL};
+    }
+    th_llm_request req = {.targets = targets,
+                          .ntargets = nt,
                           .system = r->system,
                           .messages = r->msgs,
                           .nmessages = r->nmsgs,

@@ -18,7 +18,8 @@
 static const char full[] = "{\"name\":\"scout\",\"role\":\"a researcher\",\"backstory\":\"b\","
                            "\"instructions\":\"be brief\",\"provider\":\"mock\",\"model\":\"m1\","
                            "\"temperature\":0.5,\"max_tokens\":300,\"max_steps\":4,"
-                           "\"tools\":[\"submit_task\",\"search_memory\"]}";
+                           "\"tools\":[\"submit_task\",\"search_memory\"],"
+                           "\"fallbacks\":[\"openai/gpt-4o-mini\"]}";
 
 static th_agent_def *parse(const char *json)
 {
@@ -72,7 +73,7 @@ static void test_json_round_trip(void **state)
     j = th_agent_def_to_json(d);
     assert_json_equal(j, "{\"name\":\"a\",\"role\":null,\"backstory\":null,\"instructions\":null,"
                          "\"provider\":\"p\",\"model\":null,\"temperature\":null,"
-                         "\"max_tokens\":0,\"max_steps\":0,\"tools\":[]}");
+                         "\"max_tokens\":0,\"max_steps\":0,\"tools\":[],\"fallbacks\":[]}");
     th_agent_free(j);
     th_agent_def_free(d);
     th_agent_def_free(NULL);

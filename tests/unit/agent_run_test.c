@@ -477,6 +477,68 @@ static void test_wire_ollama(void **state)
     wire_loop(TH_LLM_OLLAMA, "/api/chat");
 }
 
+/* An agent whose provider fails for good falls back along its chain; the
+ * answer says which provider and model gave it. */
+static void test_fallbacks(void **state)
+{
+    (void)state;
+    fakellm *f = fakellm_start();
+    th_error e = {0};
+    th_llm_gateway *gw = th_llm_gateway_new(NULL, &e);
+    th_llm_provider_options o;
+    th_llm_provider_options_init(&o);
+    o.name = "down";
+    o.format = TH_LLM_OPENAI;
+    o.base_url = fakellm_url(f, TH_LLM_OPENAI);
+    o.health_interval_ms = 0;
+    o.max_retries = 0;
+    assert_int_equal(th_llm_gateway_add_provider(gw, &o, &e), 0);
+    th_llm_provider_options_init(&o);
+    o.name = "mock";
+    o.format = TH_LLM_MOCK;
+    o.mock_token_delay_ms = 0;
+    assert_int_equal(th_llm_gateway_add_provider(gw, &o, &e), 0);
+    fakellm_reply fail = {.kind = FAKE_STATUS, .status = 503};
+    fakellm_set_default(f, &fail);
+    th_agent_def *d =
+        def_of("{\"name\":\"fb\",\"provider\":\"down\",\"fallbacks\":[\"mock/mock-spare\"]}");
+    assert_int_equal(d->nfallbacks, 1);
+    seen x = {0};
+    char *out = NULL;
+    th_agent_metrics m;
+    assert_int_equal(run(gw, NULL, d, "still there?", &x, &out, &m, &e), 0);
+    json_t *r = json_loads(out, 0, NULL);
+    assert_string_equal(json_string_value(json_object_get(r, "provider")), "mock");
+    assert_string_equal(json_string_value(json_object_get(r, "model")), "mock-spare");
+    json_decref(r);
+    th_agent_free(out);
+    assert_int_equal(fakellm_count_path(f, "/v1/chat/completions"), 1);
+    /* Without the fallback the same agent fails with the provider's error. */
+    th_agent_def_free(d);
+    d = def_of("{\"name\":\"fb\",\"provider\":\"down\"}");
+    assert_int_equal(run(gw, NULL, d, "still there?", &x, &out, &m, &e), TH_EUPSTREAM);
+    th_agent_def_free(d);
+
+    /* Definitions: config text, JSON out, bad entries named. */
+    d = th_agent_def_new();
+    assert_int_equal(th_agent_def_set(d, "fallbacks", "openai/gpt-4o-mini, mock", &e), 0);
+    assert_int_equal(d->nfallbacks, 2);
+    assert_string_equal(d->fallbacks[1], "mock");
+    th_agent_def_set(d, "name", "a", &e);
+    th_agent_def_set(d, "provider", "p", &e);
+    char *json = th_agent_def_to_json(d);
+    assert_non_null(strstr(json, "\"fallbacks\":[\"openai/gpt-4o-mini\",\"mock\"]"));
+    th_agent_free(json);
+    assert_int_equal(th_agent_def_set(d, "fallbacks", "bad name!/m", &e), 0);
+    assert_int_equal(th_agent_def_validate(d, NULL, &e), TH_EINVAL);
+    assert_string_equal(e.field, "fallbacks[0]");
+    assert_int_equal(th_agent_def_set(d, "fallbacks", "p/", &e), 0);
+    assert_int_equal(th_agent_def_validate(d, NULL, &e), TH_EINVAL);
+    th_agent_def_free(d);
+    th_llm_gateway_free(gw);
+    fakellm_free(f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -492,6 +554,7 @@ int main(void)
         cmocka_unit_test(test_wire_openai),
         cmocka_unit_test(test_wire_anthropic),
         cmocka_unit_test(test_wire_ollama),
+        cmocka_unit_test(test_fallbacks),
     };
     return cmocka_run_group_tests_name("agent_run", tests, NULL, NULL);
 }
