@@ -21,6 +21,7 @@
  * held. dmu and evmu are never held together, nor with wmu or tmu.
  */
 #include "taskhive/engine.h"
+#include "engine/workers.h"
 
 #include <errno.h>
 #include <math.h>
@@ -1094,4 +1095,34 @@ int th_engine_metrics_get(th_engine *e, th_engine_metrics *m)
         m->uptime_ms < 10000 ? (double)(m->uptime_ms > 1000 ? m->uptime_ms : 1000) / 1000.0 : 10.0;
     m->throughput_per_s = (double)st.completed_last_10s / window;
     return 0;
+}
+
+/* ---- the shared worker registry (private: src/engine/workers.h) ----------- */
+
+int th__engine_workers_shared(const th_engine *e)
+{
+    return e->store->ops->worker_put != NULL;
+}
+
+int th__engine_worker_put(th_engine *e, const char *id, const char *info)
+{
+    if (!e->store->ops->worker_put)
+        return TH_ENOTFOUND;
+    return e->store->ops->worker_put(e->store, id, info, now_ms(e));
+}
+
+int th__engine_worker_get(th_engine *e, const char *id, char **info)
+{
+    *info = NULL;
+    if (!e->store->ops->worker_get)
+        return TH_ENOTFOUND;
+    return e->store->ops->worker_get(e->store, id, info);
+}
+
+int th__engine_worker_list(th_engine *e, char **json)
+{
+    *json = NULL;
+    if (!e->store->ops->worker_list)
+        return TH_ENOTFOUND;
+    return e->store->ops->worker_list(e->store, json);
 }

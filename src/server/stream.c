@@ -17,6 +17,7 @@
 
 #include "core/alloc.h"
 #include "core/clock.h"
+#include "engine/workers.h"
 #include "server/http.h"
 #include "server/log.h"
 
@@ -229,12 +230,33 @@ void th__stream_keepalive(evutil_socket_t fd, short what, void *arg)
 
 /* ---- external workers ------------------------------------------------------- */
 
+/* The worker `id`: registered here, or — with a store that shares its
+ * worker registry (PostgreSQL) — on another daemon, then remembered here. */
 static th__ext_worker *find_worker(th__server *s, const char *id)
 {
     for (th__ext_worker *w = s->workers; w; w = w->next)
         if (strcmp(w->id, id) == 0)
             return w;
-    return NULL;
+    char *info = NULL;
+    if (strlen(id) >= sizeof s->workers->id || !th__engine_workers_shared(s->engine) ||
+        th__engine_worker_get(s->engine, id, &info) != 0)
+        return NULL;
+    json_t *j = json_loads(info, 0, NULL);
+    th__free(info);
+    json_t *queues = json_object_get(j, "queues");
+    const char *name = json_string_value(json_object_get(j, "name"));
+    th__ext_worker *w = j && json_is_array(queues) ? th__calloc(1, sizeof *w) : NULL;
+    if (w) {
+        snprintf(w->id, sizeof w->id, "%s", id);
+        snprintf(w->name, sizeof w->name, "%s", name ? name : id);
+        w->queues = json_incref(queues);
+        w->registered_at = json_integer_value(json_object_get(j, "registered_at"));
+        w->last_seen_at = th__wall_ms();
+        w->next = s->workers;
+        s->workers = w;
+    }
+    json_decref(j);
+    return w;
 }
 
 void th__route_worker_register(th__req *q)
@@ -285,6 +307,22 @@ void th__route_worker_register(th__req *q)
     snprintf(w->name, sizeof w->name, "%s", name ? json_string_value(name) : w->id);
     w->queues = queues ? json_incref(queues) : json_array();
     w->registered_at = w->last_seen_at = th__wall_ms();
+    if (th__engine_workers_shared(s->engine)) {
+        /* Every daemon on the shared store will know this worker (a
+         * registration is rare: one commit on the loop is acceptable). */
+        json_t *info = json_pack("{s:s,s:O,s:I}", "name", w->name, "queues", w->queues,
+                                 "registered_at", (json_int_t)w->registered_at);
+        char *text = info ? json_dumps(info, JSON_COMPACT) : NULL;
+        json_decref(info);
+        int rc = text ? th__engine_worker_put(s->engine, w->id, text) : TH_ENOMEM;
+        free(text);
+        if (rc != 0) {
+            json_decref(w->queues);
+            th__free(w);
+            th__reply_error(q, 503, "EIO", "", "cannot record the worker in the shared store");
+            goto out;
+        }
+    }
     w->next = s->workers;
     s->workers = w;
     th__log(TH_LOG_INFO, "workers", json_pack("{s:s,s:s}", "worker", w->id, "name", w->name),
@@ -314,11 +352,38 @@ void th__route_workers(th__req *q)
                           "started_at", (json_int_t)info[i].started_at, "last_heartbeat_at",
                           (json_int_t)info[i].last_heartbeat_at));
     }
-    for (th__ext_worker *w = s->workers; w; w = w->next)
+    char *shared = NULL;
+    json_t *all =
+        th__engine_workers_shared(s->engine) && th__engine_worker_list(s->engine, &shared) == 0
+            ? json_loads(shared, 0, NULL)
+            : NULL;
+    th__free(shared);
+    size_t i;
+    json_t *row;
+    /* With a shared registry, every daemon's external workers; last_seen_at
+     * is this daemon's when the worker talks to it, else its registration. */
+    json_array_foreach(all, i, row)
+    {
+        const char *id = json_string_value(json_object_get(row, "id"));
+        json_t *info = json_object_get(row, "info");
+        th__ext_worker *mine = NULL;
+        for (th__ext_worker *w = s->workers; w && id; w = w->next)
+            if (strcmp(w->id, id) == 0)
+                mine = w;
+        json_array_append_new(
+            arr, json_pack("{s:s?,s:s,s:O?,s:O?,s:O?,s:I}", "id", id, "kind", "external", "name",
+                           json_object_get(info, "name"), "queues", json_object_get(info, "queues"),
+                           "registered_at", json_object_get(row, "registered_at"), "last_seen_at",
+                           (json_int_t)(mine ? mine->last_seen_at
+                                             : json_integer_value(
+                                                   json_object_get(row, "last_seen_at")))));
+    }
+    for (th__ext_worker *w = all ? NULL : s->workers; w; w = w->next)
         json_array_append_new(arr, json_pack("{s:s,s:s,s:s,s:O,s:I,s:I}", "id", w->id, "kind",
                                              "external", "name", w->name, "queues", w->queues,
                                              "registered_at", (json_int_t)w->registered_at,
                                              "last_seen_at", (json_int_t)w->last_seen_at));
+    json_decref(all);
     th__reply_json(q, 200, json_pack("{s:o}", "workers", arr));
 }
 

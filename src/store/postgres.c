@@ -534,6 +534,9 @@ static const char *const migrations[] = {
     "CREATE TABLE th_logs (task_id text NOT NULL REFERENCES th_tasks (id) ON DELETE CASCADE,"
     " seq bigint NOT NULL, time_ms bigint NOT NULL, level int NOT NULL, attempt int NOT NULL,"
     " message text NOT NULL, data text, PRIMARY KEY (task_id, seq));",
+    /* 1 -> 2: the daemons' shared registry of external workers. */
+    "CREATE TABLE th_workers (id text PRIMARY KEY, info text NOT NULL,"
+    " registered_at bigint NOT NULL, last_seen_at bigint NOT NULL);",
 };
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
 

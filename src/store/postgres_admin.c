@@ -7,6 +7,7 @@
 #include "store/postgres_row.h"
 
 #include <inttypes.h>
+#include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -538,4 +539,88 @@ int th__pg_flush(th_store *s)
 {
     (void)s;
     return 0; /* every operation committed before it returned */
+}
+
+/* ---- the shared registry of external workers --------------------------------- */
+
+typedef struct worker_arg {
+    const char *id, *info;
+    int64_t now;
+    char **out;
+} worker_arg;
+
+static int worker_put_body(th__pg_tx *tx, void *arg)
+{
+    worker_arg *w = arg;
+    th__pg_params pr = {.n = 0};
+    th__pg_p_str(&pr, w->id);
+    th__pg_p_str(&pr, w->info);
+    th__pg_p_i64(&pr, w->now);
+    return th__pg_cmd(tx,
+                      "INSERT INTO th_workers (id, info, registered_at, last_seen_at)"
+                      " VALUES ($1, $2, $3, $3) ON CONFLICT (id) DO UPDATE"
+                      " SET info = $2, last_seen_at = $3",
+                      &pr)
+               ? TH_EIO
+               : 0;
+}
+
+int th__pg_worker_put(th_store *s, const char *id, const char *info, int64_t now)
+{
+    worker_arg a = {.id = id, .info = info, .now = now};
+    return th__pg_run((th__pg *)s, TH_PG_DURABLE, worker_put_body, &a, now, NULL, NULL);
+}
+
+static int worker_get_body(th__pg_tx *tx, void *arg)
+{
+    worker_arg *w = arg;
+    th__pg_params pr = {.n = 0};
+    th__pg_p_str(&pr, w->id);
+    PGresult *r = th__pg_exec(tx, "SELECT info FROM th_workers WHERE id = $1", &pr);
+    if (!r)
+        return TH_EIO;
+    int rc = TH_ENOTFOUND;
+    if (PQntuples(r) == 1)
+        rc = (*w->out = th__strdup(PQgetvalue(r, 0, 0))) ? 0 : TH_ENOMEM;
+    PQclear(r);
+    return rc;
+}
+
+int th__pg_worker_get(th_store *s, const char *id, char **info)
+{
+    *info = NULL;
+    worker_arg a = {.id = id, .out = info};
+    return th__pg_run((th__pg *)s, TH_PG_READ, worker_get_body, &a, 0, NULL, NULL);
+}
+
+static int worker_list_body(th__pg_tx *tx, void *arg)
+{
+    worker_arg *w = arg;
+    PGresult *r = th__pg_exec(tx,
+                              "SELECT id, info, registered_at, last_seen_at FROM th_workers"
+                              " ORDER BY registered_at, id",
+                              NULL);
+    if (!r)
+        return TH_EIO;
+    json_t *arr = json_array();
+    for (int i = 0; arr && i < PQntuples(r); i++) {
+        json_t *info = json_loads(PQgetvalue(r, i, 1), 0, NULL);
+        json_array_append_new(arr, json_pack("{s:s,s:o,s:I,s:I}", "id", PQgetvalue(r, i, 0), "info",
+                                             info ? info : json_object(), "registered_at",
+                                             (json_int_t)th__pg_i64(r, i, 2), "last_seen_at",
+                                             (json_int_t)th__pg_i64(r, i, 3)));
+    }
+    PQclear(r);
+    char *text = arr ? json_dumps(arr, JSON_COMPACT) : NULL;
+    json_decref(arr);
+    *w->out = text ? th__strdup(text) : NULL;
+    free(text);
+    return *w->out ? 0 : TH_ENOMEM;
+}
+
+int th__pg_worker_list(th_store *s, char **json)
+{
+    *json = NULL;
+    worker_arg a = {.out = json};
+    return th__pg_run((th__pg *)s, TH_PG_READ, worker_list_body, &a, 0, NULL, NULL);
 }

@@ -799,4 +799,7 @@ const th__store_ops th__pg_ops = {
     .queue_purge = th__pg_queue_purge,
     .tick = th__pg_tick,
     .flush = th__pg_flush,
+    .worker_put = th__pg_worker_put,
+    .worker_get = th__pg_worker_get,
+    .worker_list = th__pg_worker_list,
 };

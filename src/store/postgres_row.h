@@ -95,5 +95,8 @@ int th__pg_logs(th_store *s, const char *id, int64_t after_seq, size_t limit, th
 int th__pg_counts(th_store *s, th_queue_counts **out, size_t *n);
 int th__pg_stats(th_store *s, int64_t now, th__store_stats *out);
 int th__pg_flush(th_store *s);
+int th__pg_worker_put(th_store *s, const char *id, const char *info, int64_t now);
+int th__pg_worker_get(th_store *s, const char *id, char **info);
+int th__pg_worker_list(th_store *s, char **json);
 
 #endif

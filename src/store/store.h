@@ -144,6 +144,14 @@ typedef struct th__store_ops {
      * (INT64_MAX when none). Returns the number of tasks changed. */
     int (*tick)(th_store *s, int64_t now, int64_t *next, th__evbuf *ev);
     int (*flush)(th_store *s);
+    /* Optional (NULL: each daemon keeps its external workers in memory): a
+     * registry of external workers shared by every node of the store.
+     * `info` is a JSON object text; put adds or replaces; get gives a copy
+     * (th__free) or TH_ENOTFOUND; list gives a JSON array text of
+     * {"id", "info", "registered_at", "last_seen_at"} (th__free). */
+    int (*worker_put)(th_store *s, const char *id, const char *info, int64_t now);
+    int (*worker_get)(th_store *s, const char *id, char **info);
+    int (*worker_list)(th_store *s, char **json);
     void (*free)(th_store *s);
 } th__store_ops;
 

@@ -8,7 +8,9 @@
  *    event stream;
  *  - a daemon killed with SIGKILL while its pool runs tasks leaves them
  *    leased; the other daemon runs them again once the leases (2 s here)
- *    expire, and they complete on attempt 2.
+ *    expire, and they complete on attempt 2;
+ *  - an external worker registered on one daemon is known to the other: it
+ *    claims there (default queues from its registration) and both list it.
  *
  * Every wait is bounded (daemon.h); nothing asserts on speed.
  */
@@ -117,11 +119,55 @@ static void test_sigkilled_daemon_tasks_finish_elsewhere(void **state)
     free(uri);
 }
 
+static void test_shared_worker_registry(void **state)
+{
+    (void)state;
+    char *uri = thtest_pg_uri();
+    thd_daemon *a = start_on(uri), *b = start_on(uri);
+    char *wid = thd_register(a, "resizer", "images");
+    char *id = thd_submit(b, "{\"queue\": \"images\"}");
+    /* On b, which never saw the registration: its default queues apply. */
+    thd_resp *r = thd_req(b, "POST", thd_p("/v1/workers/%s/claim", wid),
+                          "{\"max_tasks\": 1, \"wait_ms\": 5000}");
+    thd_assert_status(r, 200);
+    assert_string_equal(thd_jstr(r->json, "tasks[0].id"), id);
+    thd_resp_free(r);
+    for (int k = 0; k < 2; k++) {
+        r = thd_req(k ? b : a, "GET", "/v1/workers", NULL);
+        thd_assert_status(r, 200);
+        int found = 0;
+        json_t *list = json_object_get(r->json, "workers");
+        for (size_t i = 0; i < json_array_size(list); i++) {
+            json_t *w = json_array_get(list, i);
+            const char *wi = thd_jstr(w, "id");
+            if (wi && strcmp(wi, wid) == 0) {
+                found = 1;
+                assert_string_equal(thd_jstr(w, "name"), "resizer");
+                assert_string_equal(thd_jstr(w, "queues[0]"), "images");
+            }
+        }
+        assert_true(found);
+        thd_resp_free(r);
+    }
+    /* An unknown worker is still refused. */
+    r = thd_req(b, "POST", "/v1/workers/w-0000000000000000/claim", "{}");
+    assert_int_equal(r->status, 404);
+    thd_resp_free(r);
+    free(wid);
+    free(id);
+    thd_stop(a);
+    thd_stop(b);
+    thd_free(a);
+    thd_free(b);
+    free(uri);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_two_daemons_share_tasks, thd_teardown),
         cmocka_unit_test_teardown(test_sigkilled_daemon_tasks_finish_elsewhere, thd_teardown),
+        cmocka_unit_test_teardown(test_shared_worker_registry, thd_teardown),
     };
     return cmocka_run_group_tests_name("pg_daemon", tests, NULL, NULL) != 0;
 }

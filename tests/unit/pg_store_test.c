@@ -27,10 +27,18 @@ static void test_schema_created_once_and_kept(void **state)
     (void)state;
     char *uri = thtest_pg_uri();
     th_store_free(open_ok(uri));
-    th_store_free(open_ok(uri)); /* the second open finds version 1 and changes nothing */
+    th_store_free(open_ok(uri)); /* the second open finds version 2 and changes nothing */
     assert_int_equal(thpg_exec(uri, "DO $$ BEGIN IF (SELECT count(*) FROM th_schema_version)"
-                                    " <> 1 OR (SELECT version FROM th_schema_version) <> 1 THEN"
+                                    " <> 1 OR (SELECT version FROM th_schema_version) <> 2 THEN"
                                     " RAISE EXCEPTION 'bad version rows'; END IF; END $$"),
+                     0);
+    /* A database of version 1 (no worker registry) is migrated to 2. */
+    assert_int_equal(
+        thpg_exec(uri, "DROP TABLE th_workers; UPDATE th_schema_version SET version = 1"), 0);
+    th_store_free(open_ok(uri));
+    assert_int_equal(thpg_exec(uri, "DO $$ BEGIN IF (SELECT version FROM th_schema_version) <> 2"
+                                    " OR to_regclass('th_workers') IS NULL THEN"
+                                    " RAISE EXCEPTION 'not migrated'; END IF; END $$"),
                      0);
     free(uri);
 }
