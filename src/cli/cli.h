@@ -183,6 +183,9 @@ int th__table_rows(const th__table *t);
  * column. `eol` ends each line ("\n", or "\x1b[K\n" on a live screen). */
 void th__table_print(const th__table *t, th__sbuf *out, size_t max_width, int max_rows,
                      const char *eol);
+/* Prints the table to stdout, clipped to the terminal's width when stdout
+ * is one. */
+void th__table_emit(const th__table *t);
 
 /* ---- sse.c: the event stream -------------------------------------------- */
 

@@ -7,7 +7,6 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 const char th__usage_workers[] =
     "usage: taskhive workers [--json]\n"
@@ -44,16 +43,6 @@ static int parse_none(th__cli *cli, int argc, char **argv)
         return th__cli_usage_error(cli, "unexpected argument '%s'", val);
     }
     return 0;
-}
-
-/* Prints a table to stdout, clipped to the terminal when there is one. */
-static void emit(th__table *t)
-{
-    th__sbuf out;
-    th__sbuf_init(&out, TH_CLI_MAX_BODY);
-    th__table_print(t, &out, isatty(STDOUT_FILENO) ? (size_t)th__term_cols() : 0, -1, "\n");
-    fwrite(th__sbuf_str(&out), 1, out.len, stdout);
-    th__sbuf_free(&out);
 }
 
 static void fmt_int(char *buf, size_t size, int64_t v)
@@ -162,11 +151,11 @@ int th__cmd_workers(th__cli *cli, int argc, char **argv)
     if (th__table_rows(pool) == 0 && th__table_rows(ext) == 0)
         fprintf(stderr, "no workers\n");
     if (th__table_rows(pool) > 0)
-        emit(pool);
+        th__table_emit(pool);
     if (th__table_rows(pool) > 0 && th__table_rows(ext) > 0)
         printf("\n");
     if (th__table_rows(ext) > 0)
-        emit(ext);
+        th__table_emit(ext);
     th__table_free(pool);
     th__table_free(ext);
     json_decref(answer);
@@ -217,7 +206,7 @@ static int list_queues(th__cli *cli)
     if (th__table_rows(t) == 0)
         fprintf(stderr, "no queues\n");
     else
-        emit(t);
+        th__table_emit(t);
     th__table_free(t);
     json_decref(answer);
     return TH_CLI_OK;

@@ -85,11 +85,7 @@ static int list(th__cli *cli)
     if (th__table_rows(t) == 0) {
         printf("no agents\n");
     } else {
-        th__sbuf out;
-        th__sbuf_init(&out, TH_CLI_MAX_BODY);
-        th__table_print(t, &out, isatty(STDOUT_FILENO) ? (size_t)th__term_cols() : 0, -1, "\n");
-        fwrite(th__sbuf_str(&out), 1, out.len, stdout);
-        th__sbuf_free(&out);
+        th__table_emit(t);
     }
     th__table_free(t);
     json_decref(ans);

@@ -6,7 +6,6 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 const char th__usage_providers[] =
     "usage: taskhive providers [NAME] [--json]\n"
@@ -21,15 +20,6 @@ const char th__usage_spend[] =
     "Prints the LLM spend ledger: one line per day, provider, model, agent and\n"
     "key with requests, tokens and cost in USD, then today's and this month's\n"
     "totals (days are UTC).\n";
-
-static void emit(th__table *t)
-{
-    th__sbuf out;
-    th__sbuf_init(&out, TH_CLI_MAX_BODY);
-    th__table_print(t, &out, isatty(STDOUT_FILENO) ? (size_t)th__term_cols() : 0, -1, "\n");
-    fwrite(th__sbuf_str(&out), 1, out.len, stdout);
-    th__sbuf_free(&out);
-}
 
 static void fmt_i(char *b, size_t n, int64_t v)
 {
@@ -103,7 +93,7 @@ int th__cmd_providers(th__cli *cli, int argc, char **argv)
                                f[7]};
         th__table_add(t, row);
     }
-    emit(t);
+    th__table_emit(t);
     if (!name && th__jstr(ans, "default"))
         printf("default provider: %s\n", th__jstr(ans, "default"));
     th__table_free(t);
@@ -166,7 +156,7 @@ int th__cmd_spend(th__cli *cli, int argc, char **argv)
         th__table_add(t, row);
     }
     if (th__table_rows(t) > 0)
-        emit(t);
+        th__table_emit(t);
     else
         printf("no spending recorded%s\n", since ? " since then" : "");
     printf("today: %.6f USD   this month: %.6f USD   listed: %.6f USD\n",

@@ -11,7 +11,6 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 const char th__usage_ps[] =
     "usage: taskhive ps [NAME] [--json]\n"
@@ -166,16 +165,6 @@ th__table *th__services_table(const json_t *services, const char *only, int brie
     return t;
 }
 
-/* Prints a table to stdout, clipped to the terminal when there is one. */
-static void emit(const th__table *t)
-{
-    th__sbuf out;
-    th__sbuf_init(&out, TH_CLI_MAX_BODY);
-    th__table_print(t, &out, isatty(STDOUT_FILENO) ? (size_t)th__term_cols() : 0, -1, "\n");
-    fwrite(th__sbuf_str(&out), 1, out.len, stdout);
-    th__sbuf_free(&out);
-}
-
 /* "health: 75% (3/4 healthy), not healthy; alert: ..." */
 static void health_line(const json_t *h, th__sbuf *out)
 {
@@ -256,7 +245,7 @@ int th__print_service_rows(json_t *answer, const char *only)
     th__table *t = list ? th__services_table(list, only, 0) : NULL;
     int rows = t ? th__table_rows(t) : 0;
     if (rows > 0)
-        emit(t);
+        th__table_emit(t);
     th__table_free(t);
     json_decref(list);
     return rows;
@@ -304,7 +293,7 @@ int th__cmd_ps(th__cli *cli, int argc, char **argv)
     } else {
         th__table *t = th__services_table(list, NULL, 0);
         if (t)
-            emit(t);
+            th__table_emit(t);
         th__table_free(t);
         if (health && rc == 0) {
             th__sbuf line;
@@ -367,7 +356,7 @@ static int service_action(th__cli *cli, int argc, char **argv, const char *actio
     json_t *list = services_of(answer);
     th__table *t = list ? th__services_table(list, all ? NULL : name, 0) : NULL;
     if (t && th__table_rows(t) > 0) {
-        emit(t);
+        th__table_emit(t);
     } else {
         static const char *const done[][2] = {{"start", "started"},
                                               {"stop", "stopped"},

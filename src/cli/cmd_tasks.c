@@ -181,11 +181,7 @@ int th__cmd_ls(th__cli *cli, int argc, char **argv)
     if (th__table_rows(t) == 0) {
         fprintf(stderr, "no tasks\n");
     } else {
-        th__sbuf out;
-        th__sbuf_init(&out, TH_CLI_MAX_BODY);
-        th__table_print(t, &out, isatty(STDOUT_FILENO) ? (size_t)th__term_cols() : 0, -1, "\n");
-        fwrite(th__sbuf_str(&out), 1, out.len, stdout);
-        th__sbuf_free(&out);
+        th__table_emit(t);
     }
     const char *next = th__jstr(answer, "next");
     if (next)

@@ -6,6 +6,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 struct th__table {
     int ncols;
@@ -130,4 +131,13 @@ void th__table_print(const th__table *t, th__sbuf *out, size_t max_width, int ma
             out->data[--out->len] = '\0';
         th__sbuf_adds(out, eol);
     }
+}
+
+void th__table_emit(const th__table *t)
+{
+    th__sbuf out;
+    th__sbuf_init(&out, TH_CLI_MAX_BODY);
+    th__table_print(t, &out, isatty(STDOUT_FILENO) ? (size_t)th__term_cols() : 0, -1, "\n");
+    fwrite(th__sbuf_str(&out), 1, out.len, stdout);
+    th__sbuf_free(&out);
 }
