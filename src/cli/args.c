@@ -158,3 +158,22 @@ int th__print_usage(const char *usage)
     fputs(usage, stdout);
     return TH_CLI_OK;
 }
+
+int th__args_positional(th__cli *cli, int argc, char **argv, const char **pos, int max, int *n)
+{
+    th__args a;
+    th__args_init(&a, cli, argc, argv, NULL);
+    const char *val;
+    int k;
+    *n = 0;
+    while ((k = th__args_next(&a, &val)) != TH_ARG_END) {
+        if (k == TH_ARG_HELP)
+            return TH_ARG_HELP;
+        if (k == TH_ARG_ERR)
+            return TH_CLI_USAGE;
+        if (*n == max)
+            return th__cli_usage_error(cli, "unexpected argument '%s'", val);
+        pos[(*n)++] = val;
+    }
+    return 0;
+}

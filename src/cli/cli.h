@@ -126,6 +126,11 @@ void th__args_init(th__args *a, th__cli *cli, int argc, char **argv, const th__o
  * common options --url, --token and --json are applied to the cli and
  * skipped. Accepts "--name value", "--name=value", "-x value". */
 int th__args_next(th__args *a, const char **val);
+/* Parses a verb with no options of its own (the common ones aside) into at
+ * most `max` positional arguments, pos[0..*n-1]. Returns 0, TH_ARG_HELP for
+ * -h/--help, or TH_CLI_USAGE after one line on stderr (a bad option, one
+ * argument too many). */
+int th__args_positional(th__cli *cli, int argc, char **argv, const char **pos, int max, int *n);
 
 /* Parses a whole non-negative number in [0, max]. Returns 0 or prints one
  * line naming `what` and returns TH_CLI_USAGE. */

@@ -31,18 +31,8 @@ const char th__usage_stats[] = "usage: taskhive stats [--json]\n"
 /* Parses "VERB [options]" with no positionals; 0, TH_ARG_HELP or a status. */
 static int parse_none(th__cli *cli, int argc, char **argv)
 {
-    th__args a;
-    th__args_init(&a, cli, argc, argv, NULL);
-    const char *val;
-    int k;
-    while ((k = th__args_next(&a, &val)) != TH_ARG_END) {
-        if (k == TH_ARG_HELP)
-            return TH_ARG_HELP;
-        if (k == TH_ARG_ERR)
-            return TH_CLI_USAGE;
-        return th__cli_usage_error(cli, "unexpected argument '%s'", val);
-    }
-    return 0;
+    int n;
+    return th__args_positional(cli, argc, argv, NULL, 0, &n);
 }
 
 static void fmt_int(char *buf, size_t size, int64_t v)
@@ -214,19 +204,13 @@ static int list_queues(th__cli *cli)
 
 int th__cmd_queues(th__cli *cli, int argc, char **argv)
 {
-    th__args a;
-    th__args_init(&a, cli, argc, argv, NULL);
-    const char *val, *pos[3] = {NULL, NULL, NULL};
-    int k, npos = 0;
-    while ((k = th__args_next(&a, &val)) != TH_ARG_END) {
-        if (k == TH_ARG_HELP)
-            return th__print_usage(th__usage_queues);
-        if (k == TH_ARG_ERR)
-            return TH_CLI_USAGE;
-        if (npos == 2)
-            return th__cli_usage_error(cli, "unexpected argument '%s'", val);
-        pos[npos++] = val;
-    }
+    const char *pos[2] = {NULL, NULL};
+    int npos;
+    int rc = th__args_positional(cli, argc, argv, pos, 2, &npos);
+    if (rc == TH_ARG_HELP)
+        return th__print_usage(th__usage_queues);
+    if (rc)
+        return rc;
     if (npos == 0)
         return list_queues(cli);
     const char *action = pos[0], *name = pos[1];
@@ -241,7 +225,7 @@ int th__cmd_queues(th__cli *cli, int argc, char **argv)
     th__sbuf_add_escaped(&path, name);
     th__sbuf_addf(&path, "/%s", action);
     json_t *answer = NULL;
-    int rc = th__http(cli, "POST", th__sbuf_str(&path), NULL, &answer, NULL);
+    rc = th__http(cli, "POST", th__sbuf_str(&path), NULL, &answer, NULL);
     th__sbuf_free(&path);
     if (rc != 0)
         return rc;

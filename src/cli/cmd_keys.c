@@ -101,20 +101,13 @@ static int rm(th__cli *cli, const char *name)
 
 int th__cmd_keys(th__cli *cli, int argc, char **argv)
 {
-    th__args a;
-    th__args_init(&a, cli, argc, argv, NULL);
-    const char *val, *pos[3];
-    int k, n = 0;
-    while ((k = th__args_next(&a, &val)) != TH_ARG_END) {
-        if (k == TH_ARG_HELP)
-            return th__print_usage(th__usage_keys);
-        if (k == TH_ARG_ERR)
-            return TH_CLI_USAGE;
-        if (k == TH_ARG_POS && n < 3)
-            pos[n++] = val;
-        else
-            return th__cli_usage_error(cli, "unexpected argument '%s'", val);
-    }
+    const char *pos[3];
+    int n;
+    int rc = th__args_positional(cli, argc, argv, pos, 3, &n);
+    if (rc == TH_ARG_HELP)
+        return th__print_usage(th__usage_keys);
+    if (rc)
+        return rc;
     const char *sub = n ? pos[0] : "list";
     if (strcmp(sub, "list") == 0 && n <= 1)
         return list(cli);

@@ -28,20 +28,13 @@ static void fmt_i(char *b, size_t n, int64_t v)
 
 int th__cmd_providers(th__cli *cli, int argc, char **argv)
 {
-    th__args a;
-    th__args_init(&a, cli, argc, argv, NULL);
-    const char *val, *name = NULL;
-    int k;
-    while ((k = th__args_next(&a, &val)) != TH_ARG_END) {
-        if (k == TH_ARG_HELP)
-            return th__print_usage(th__usage_providers);
-        if (k == TH_ARG_ERR)
-            return TH_CLI_USAGE;
-        if (k == TH_ARG_POS && !name)
-            name = val;
-        else
-            return th__cli_usage_error(cli, "unexpected argument '%s'", val);
-    }
+    const char *name = NULL;
+    int npos;
+    int prc = th__args_positional(cli, argc, argv, &name, 1, &npos);
+    if (prc == TH_ARG_HELP)
+        return th__print_usage(th__usage_providers);
+    if (prc)
+        return prc;
     th__sbuf path;
     th__sbuf_init(&path, 1024);
     th__sbuf_adds(&path, "/v1/providers");

@@ -255,23 +255,17 @@ int th__print_service_rows(json_t *answer, const char *only)
 
 int th__cmd_ps(th__cli *cli, int argc, char **argv)
 {
-    th__args a;
-    th__args_init(&a, cli, argc, argv, NULL);
-    const char *val, *name = NULL;
-    int k;
-    while ((k = th__args_next(&a, &val)) != TH_ARG_END) {
-        if (k == TH_ARG_HELP)
-            return th__print_usage(th__usage_ps);
-        if (k == TH_ARG_ERR)
-            return TH_CLI_USAGE;
-        if (name)
-            return th__cli_usage_error(cli, "unexpected argument '%s'", val);
-        name = val;
-    }
+    const char *name = NULL;
+    int n;
+    int rc = th__args_positional(cli, argc, argv, &name, 1, &n);
+    if (rc == TH_ARG_HELP)
+        return th__print_usage(th__usage_ps);
+    if (rc)
+        return rc;
     if (name && !th__is_service_name(name))
         return th__cli_usage_error(cli, "'%s' is not a service name", name);
     json_t *answer = NULL, *health = NULL;
-    int rc = get_services(cli, name, &answer);
+    rc = get_services(cli, name, &answer);
     if (rc != 0)
         return rc;
     json_t *list = services_of(answer);
@@ -317,19 +311,13 @@ static int service_action(th__cli *cli, int argc, char **argv, const char *actio
                           const char *usage)
 {
     int trigger = strcmp(action, "trigger") == 0;
-    th__args a;
-    th__args_init(&a, cli, argc, argv, NULL);
-    const char *val, *name = NULL;
-    int k;
-    while ((k = th__args_next(&a, &val)) != TH_ARG_END) {
-        if (k == TH_ARG_HELP)
-            return th__print_usage(usage);
-        if (k == TH_ARG_ERR)
-            return TH_CLI_USAGE;
-        if (name)
-            return th__cli_usage_error(cli, "unexpected argument '%s'", val);
-        name = val;
-    }
+    const char *name = NULL;
+    int n;
+    int prc = th__args_positional(cli, argc, argv, &name, 1, &n);
+    if (prc == TH_ARG_HELP)
+        return th__print_usage(usage);
+    if (prc)
+        return prc;
     if (!name)
         return th__cli_usage_error(cli, "missing service NAME%s (see 'taskhive %s --help')",
                                    trigger ? "" : " or 'all'", action);

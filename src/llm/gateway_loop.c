@@ -134,15 +134,21 @@ static int breaker_admit(th_llm_gateway *gw, th__llm_provider *p, int64_t now, i
     return 1;
 }
 
+/* Gives back the half-open probe the call held, if any. */
+static void drop_probe(struct th_llm_call *c)
+{
+    if (c->probe) {
+        c->p->probes--;
+        c->probe = 0;
+    }
+}
+
 static void breaker_result(th_llm_gateway *gw, struct th_llm_call *c, int ok, int counts,
                            int64_t now)
 {
     th__llm_provider *p = c->p;
     int probe = c->probe;
-    if (c->probe) {
-        p->probes--;
-        c->probe = 0;
-    }
+    drop_probe(c);
     /* While half-open only the probes' outcomes count: calls admitted
      * before the breaker opened say nothing about the provider now. */
     if (p->breaker == TH_BREAKER_HALF_OPEN && !probe)
@@ -231,10 +237,7 @@ static void finish(th_llm_gateway *gw, struct th_llm_call *c, int rc, const th_e
     release_slot(c);
     refund_tokens(c);
     th__llm_budget_release(gw, c);
-    if (c->probe) {
-        p->probes--;
-        c->probe = 0;
-    }
+    drop_probe(c);
     if (c->on_cancel_list) {
         struct th_llm_call **pp = &gw->cancels;
         while (*pp && *pp != c)
@@ -421,12 +424,8 @@ static void attempt_start(th_llm_gateway *gw, struct th_llm_call *c, int64_t now
     int rc = th__llm_transfer_start(gw, c, &err);
     if (rc < 0) {
         /* The request cannot be expressed (or memory ran out): the caller's
-         * fault or ours, never the provider's, so no retry and no fallback. */
-        release_slot(c);
-        if (c->probe) {
-            p->probes--;
-            c->probe = 0;
-        }
+         * fault or ours, never the provider's, so no retry and no fallback.
+         * finish() gives back the slot and any probe. */
         finish(gw, c, rc, &err);
     }
 }

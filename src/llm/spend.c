@@ -130,6 +130,8 @@ static int budget_index(th_llm_gateway *gw, const char *scope)
 int th__llm_budget_reserve(th_llm_gateway *gw, struct th_llm_call *c, const th__llm_provider *p,
                            double worst, th_error *err)
 {
+    if (gw->nbudgets == 0) /* the common case: nothing to check or hold */
+        return 0;
     char scopes[3][80];
     snprintf(scopes[0], sizeof scopes[0], "agent:%s", c->req.agent ? c->req.agent : "");
     snprintf(scopes[1], sizeof scopes[1], "key:%s", p->key_name);

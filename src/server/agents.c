@@ -180,11 +180,6 @@ void th__agents_stop(th__server *s)
 
 /* ---- /v1/agents ------------------------------------------------------------- */
 
-static void reply_agent_error(th__req *q, int rc, const th_error *e)
-{
-    th__reply_engine_error(q, rc, e);
-}
-
 static void reply_def(th__req *q, int status, const th_agent_def *d)
 {
     char *text = th_agent_def_to_json(d);
@@ -214,7 +209,7 @@ static void create(th__req *q)
     if (rc == 0)
         rc = th_agents_create(q->s->agents, d, &e);
     if (rc != 0)
-        reply_agent_error(q, rc, &e);
+        th__reply_engine_error(q, rc, &e);
     else {
         save(q->s);
         reply_def(q, 201, d);
@@ -228,7 +223,7 @@ static void update(th__req *q, const char *name)
     th_error e;
     int rc = th_agents_get(q->s->agents, name, &base, &e);
     if (rc != 0) {
-        reply_agent_error(q, rc, &e);
+        th__reply_engine_error(q, rc, &e);
         return;
     }
     json_t *body = th__req_body(q, q->s->cfg.max_body);
@@ -250,7 +245,7 @@ static void update(th__req *q, const char *name)
     if (rc == 0)
         rc = th_agents_update(q->s->agents, d, &e);
     if (rc != 0)
-        reply_agent_error(q, rc, &e);
+        th__reply_engine_error(q, rc, &e);
     else {
         save(q->s);
         reply_def(q, 200, d);
@@ -289,7 +284,7 @@ void th__route_agents(th__req *q, enum evhttp_cmd_type method)
             return;
         int rc = th_agents_get(q->s->agents, name, &d, &e);
         if (rc != 0) {
-            reply_agent_error(q, rc, &e);
+            th__reply_engine_error(q, rc, &e);
             return;
         }
         reply_def(q, 200, d);
@@ -302,7 +297,7 @@ void th__route_agents(th__req *q, enum evhttp_cmd_type method)
             return;
         int rc = th_agents_delete(q->s->agents, name, &e);
         if (rc != 0) {
-            reply_agent_error(q, rc, &e);
+            th__reply_engine_error(q, rc, &e);
             return;
         }
         save(q->s);

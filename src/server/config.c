@@ -162,7 +162,7 @@ static int parse_listen(th__config *c, const char *v)
     return 0;
 }
 
-static int set_str(char **slot, const char *v)
+int th__config_keep(char **slot, const char *v)
 {
     char *d = th__strdup(v);
     if (!d)
@@ -180,10 +180,10 @@ static int server_key(parse *p, const char *k, const char *v)
         if (parse_listen(c, v))
             return fail(p, "listen: '%s' is not HOST:PORT%s", v, "");
     } else if (strcmp(k, "data_dir") == 0) {
-        if (!*v || set_str(&c->data_dir, v))
+        if (!*v || th__config_keep(&c->data_dir, v))
             return fail(p, "data_dir: must be a directory path%s%s", "", "");
     } else if (strcmp(k, "store") == 0) {
-        if (!*v || set_str(&c->store, v))
+        if (!*v || th__config_keep(&c->store, v))
             return fail(p, "store: must be memory, sqlite:PATH, a .db path or postgres://...%s%s",
                         "", "");
     } else if (strcmp(k, "durability") == 0) {
@@ -527,7 +527,7 @@ int th__config_load(th__config *c, int argc, char **argv, char *err, size_t errl
         }
         i++;
         if (!key) {
-            if (set_str(&c->port_file, v)) {
+            if (th__config_keep(&c->port_file, v)) {
                 snprintf(err, errlen, "out of memory");
                 return -1;
             }
@@ -536,7 +536,7 @@ int th__config_load(th__config *c, int argc, char **argv, char *err, size_t errl
             return -2;
         }
     }
-    if (!c->data_dir && set_str(&c->data_dir, "taskhive-data")) {
+    if (!c->data_dir && th__config_keep(&c->data_dir, "taskhive-data")) {
         snprintf(err, errlen, "out of memory");
         return -1;
     }

@@ -15,5 +15,8 @@ int th__parse_double(const char *v, double min, double max, double *out);
 int th__parse_duration(const char *v, int64_t *out);
 int th__parse_size(const char *v, size_t *out);
 int th__parse_bool(const char *v, int *out);
+/* Replaces *slot (th__free'd) with a copy of `v`: 0, or -1 when out of
+ * memory (*slot unchanged). */
+int th__config_keep(char **slot, const char *v);
 
 #endif

@@ -14,16 +14,6 @@
 #include "server/config_values.h"
 #include "taskhive/agent.h"
 
-static int keep(char **slot, const char *v)
-{
-    char *d = th__strdup(v);
-    if (!d)
-        return -1;
-    th__free(*slot);
-    *slot = d;
-    return 0;
-}
-
 static int name_ok(const char *n)
 {
     size_t len = strlen(n);
@@ -118,7 +108,7 @@ static int provider_key(th__provider_conf *p, const char *k, const char *v, char
         if (strcmp(k, "base_url") == 0 && strncmp(v, "http://", 7) != 0 &&
             strncmp(v, "https://", 8) != 0)
             return BAD("base_url: '%s' must start with http:// or https://", v);
-        return keep(str, v) ? BAD("out of memory") : 1;
+        return th__config_keep(str, v) ? BAD("out of memory") : 1;
     }
     if (strcmp(k, "api_key") == 0)
         return BAD("api_key: keys do not belong in the file; set api_key_env = VARIABLE or "
@@ -180,7 +170,7 @@ static int llm_key(th__llm_conf *c, const char *k, const char *v, char *err, siz
         char **slot = k[0] == 'u'   ? &c->usage_db
                       : k[0] == 'm' ? &c->memory_db
                                     : &c->default_provider;
-        return keep(slot, v) ? BAD("out of memory") : 1;
+        return th__config_keep(slot, v) ? BAD("out of memory") : 1;
     }
     if (strcmp(k, "budget_daily") == 0 || strcmp(k, "budget_monthly") == 0) {
         if (th__parse_double(v, 0, 1e9, &x))

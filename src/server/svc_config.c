@@ -61,16 +61,6 @@ static int add_str(char ***list, size_t *n, const char *v)
     return 0;
 }
 
-static int keep(char **slot, const char *v)
-{
-    char *d = th__strdup(v);
-    if (!d)
-        return -1;
-    th__free(*slot);
-    *slot = d;
-    return 0;
-}
-
 static int signal_of(const char *v)
 {
     static const struct {
@@ -107,7 +97,7 @@ static int service_key(th__svc_conf *s, const char *k, const char *v, char *err,
         return 1;                                                                                  \
     }
     if (strcmp(k, "command") == 0) {
-        if (!*v || keep(&s->command, v))
+        if (!*v || th__config_keep(&s->command, v))
             BAD("command: must not be empty");
         return 1;
     }
@@ -183,7 +173,7 @@ static int service_key(th__svc_conf *s, const char *k, const char *v, char *err,
                 {"health_url", &s->health_url}};
     for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++) {
         if (strcmp(k, strs[i].key) == 0) {
-            if (!*v || keep(strs[i].slot, v))
+            if (!*v || th__config_keep(strs[i].slot, v))
                 BAD("%s: must not be empty", k);
             return 1;
         }
@@ -194,7 +184,7 @@ static int service_key(th__svc_conf *s, const char *k, const char *v, char *err,
             BAD("health_address: '%s' must be HOST:PORT", v);
         char host[256];
         snprintf(host, sizeof host, "%.*s", (int)(colon - v), v);
-        if (keep(&s->health_host, host))
+        if (th__config_keep(&s->health_host, host))
             BAD("out of memory");
         sp->health.port = (int)n;
         return 1;
@@ -285,7 +275,7 @@ int th__svc_config_key(th__config *c, const char *section, const char *key, cons
 {
     if (strcmp(section, "supervisor") == 0) {
         if (strcmp(key, "log_dir") == 0) {
-            if (!*value || keep(&c->sv_log_dir, value)) {
+            if (!*value || th__config_keep(&c->sv_log_dir, value)) {
                 snprintf(err, errlen, "log_dir: must be a directory path");
                 return 0;
             }
